@@ -1,0 +1,353 @@
+/**
+ * The JavaScript evaluated in every VM before any task code: the `tools` proxy, `sleep`,
+ * `checkpoint`, `console`, the task-start logic, and the table of parked host calls.
+ *
+ * The source is one function expression. The host calls it once during setup with the raw
+ * bridge function, which therefore lives only in this closure: task code cannot reach it,
+ * forge a call id, or settle a call. The function returns the "internals" object whose
+ * methods only the host holds handles to. Everything here (call ids, resolvers, logs, the
+ * run's state) lives on the QuickJS heap, so a snapshot of the memory carries it along.
+ *
+ * The built-ins the prelude uses are captured up front, so a task that rewrites
+ * `JSON`, `Promise.prototype.then` or `Map.prototype` cannot confuse the bridge.
+ */
+export const PRELUDE_SOURCE = String.raw`
+(function quickjsPrelude(hostCall) {
+  "use strict";
+  const G = globalThis;
+  const apply = Reflect.apply;
+  const defineProperty = Object.defineProperty;
+  const freeze = Object.freeze;
+  const isFrozen = Object.isFrozen;
+  const getOwnPropertyNames = Object.getOwnPropertyNames;
+  const isArray = Array.isArray;
+  const jsonStringify = JSON.stringify;
+  const jsonParse = JSON.parse;
+  const PromiseCtor = Promise;
+  const promiseThen = Promise.prototype.then;
+  const promiseResolve = Promise.resolve;
+  const MapCtor = Map;
+  const mapGet = Map.prototype.get;
+  const mapSet = Map.prototype.set;
+  const mapDelete = Map.prototype.delete;
+  const mapForEach = Map.prototype.forEach;
+  const WeakSetCtor = WeakSet;
+  const weakSetAdd = WeakSet.prototype.add;
+  const weakSetHas = WeakSet.prototype.has;
+  const ErrorCtor = Error;
+  const TypeErrorCtor = TypeError;
+  const RangeErrorCtor = RangeError;
+  const ProxyCtor = Proxy;
+  const StringCtor = String;
+  const DateCtor = Date;
+  const dateNow = Date.now;
+  const dateToISOString = Date.prototype.toISOString;
+  const charCodeAt = String.prototype.charCodeAt;
+  const arrayJoin = Array.prototype.join;
+  const regExpTest = RegExp.prototype.test;
+  const errorCodePattern = /^[A-Z][A-Z0-9_]*$/;
+  const speciesSymbol = Symbol.species;
+
+  let limits = { logBytes: 1 / 0, resultBytes: 1 / 0, pendingCalls: 1 / 0 };
+  let state = "idle";
+  let resultJson;
+  let failure;
+  let fatal;
+  let nextId = 0;
+  let pendingCount = 0;
+  const pending = new MapCtor();
+  const rejected = new MapCtor();
+  const handled = new WeakSetCtor();
+  let logs = [];
+  let logBytes = 0;
+
+  const utf8Length = (s) => {
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = apply(charCodeAt, s, [i]);
+      n += c < 0x80 ? 1 : c < 0x800 ? 2 : c >= 0xd800 && c < 0xdc00 ? (i++, 4) : 3;
+    }
+    return n;
+  };
+
+  const setFatal = (code, name, message) => {
+    if (fatal === undefined) fatal = { code, name, message };
+    const e = new ErrorCtor(message);
+    e.name = name;
+    e.code = code;
+    return e;
+  };
+
+  // A host call's promise. It records whether anyone ever attached a handler (await,
+  // then, catch, finally and Promise.all all go through then), so a rejection nobody
+  // handles can fail the run, as an unhandled rejection ends a Node process.
+  class HostCallPromise extends PromiseCtor {
+    static get [speciesSymbol]() {
+      return PromiseCtor;
+    }
+    then(onFulfilled, onRejected) {
+      apply(weakSetAdd, handled, [this]);
+      return apply(promiseThen, this, [onFulfilled, onRejected]);
+    }
+  }
+  freeze(HostCallPromise.prototype);
+  freeze(HostCallPromise);
+
+  function callHostTool(service, methodPath, args) {
+    if (typeof service !== "string" || service === "") {
+      throw new TypeErrorCtor("__callHostTool__: service must be a non-empty string");
+    }
+    if (!isArray(methodPath)) throw new TypeErrorCtor("__callHostTool__: methodPath must be an array");
+    for (let i = 0; i < methodPath.length; i++) {
+      if (typeof methodPath[i] !== "string") {
+        throw new TypeErrorCtor("__callHostTool__: methodPath must hold strings");
+      }
+    }
+    if (!isArray(args)) throw new TypeErrorCtor("__callHostTool__: args must be an array");
+    const name = methodPath.length ? service + "." + apply(arrayJoin, methodPath, ["."]) : service;
+    let argsJson;
+    try {
+      argsJson = jsonStringify(args);
+    } catch (e) {
+      throw new TypeErrorCtor("tools." + name + ": arguments must be JSON-serializable (" + describe(e).message + ")");
+    }
+    if (pendingCount >= limits.pendingCalls) {
+      throw setFatal("TOO_MANY_PENDING_CALLS", "LimitError",
+        "more than " + limits.pendingCalls + " host calls pending at once (calling tools." + name + ")");
+    }
+    const id = ++nextId;
+    let entry;
+    const promise = new HostCallPromise((resolve, reject) => {
+      entry = { resolve, reject, promise: undefined };
+    });
+    entry.promise = promise;
+    apply(mapSet, pending, [id, entry]);
+    pendingCount++;
+    hostCall(id, service, jsonStringify(methodPath), argsJson);
+    return promise;
+  }
+
+  function toolProxy(service, path) {
+    return new ProxyCtor(function tool() {}, {
+      get(_target, key) {
+        if (typeof key !== "string" || key === "then") return undefined;
+        if (service === undefined) return toolProxy(key, []);
+        const next = [];
+        for (let i = 0; i < path.length; i++) next[i] = path[i];
+        next[path.length] = key;
+        return toolProxy(service, next);
+      },
+      apply(_target, _this, args) {
+        if (service === undefined) throw new TypeErrorCtor("call tools.<service>.<method>(...), not tools(...)");
+        return callHostTool(service, path, args);
+      },
+      set() { return false; },
+      defineProperty() { return false; },
+      deleteProperty() { return false; },
+    });
+  }
+
+  function describe(e, depth = 0) {
+    try {
+      if (typeof e === "object" && e !== null) {
+        const out = {
+          code: typeof e.code === "string" && apply(regExpTest, errorCodePattern, [e.code]) ? e.code : undefined,
+          name: StringCtor(e.name === undefined ? "Error" : e.name),
+          message: StringCtor(e.message === undefined ? "" : e.message),
+          stack: typeof e.stack === "string" ? e.stack : undefined,
+          cause: undefined,
+        };
+        if (depth < 8 && "cause" in e) out.cause = describe(e.cause, depth + 1);
+        return out;
+      }
+      return { code: undefined, name: "Error", message: "a non-Error value was thrown: " + inspect(e), stack: undefined, cause: undefined };
+    } catch (inner) {
+      return { code: undefined, name: "Error", message: "an error that cannot be described was thrown", stack: undefined, cause: undefined };
+    }
+  }
+
+  function inspect(v) {
+    if (typeof v === "string") return v;
+    if (v === undefined) return "undefined";
+    if (typeof v === "function") return "[Function " + (v.name || "anonymous") + "]";
+    if (typeof v === "bigint") return StringCtor(v) + "n";
+    if (typeof v === "symbol") return StringCtor(v);
+    if (v instanceof ErrorCtor) return (v.stack ? v.name + ": " + v.message + "\n" + v.stack : v.name + ": " + v.message);
+    try {
+      const s = jsonStringify(v);
+      return s === undefined ? StringCtor(v) : s;
+    } catch (_e) {
+      try { return StringCtor(v); } catch (_e2) { return "[unprintable]"; }
+    }
+  }
+
+  function log(level, args) {
+    let message = "";
+    for (let i = 0; i < args.length; i++) message += (i ? " " : "") + inspect(args[i]);
+    const bytes = utf8Length(message) + 32;
+    if (fatal !== undefined && fatal.code === "LOG_TOO_LARGE") {
+      throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
+    }
+    if (logBytes + bytes > limits.logBytes) {
+      logs[logs.length] = { level: "error", at: dateNow(), message: "[log limit of " + limits.logBytes + " bytes reached]" };
+      throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
+    }
+    logBytes += bytes;
+    logs[logs.length] = { level, at: dateNow(), message };
+  }
+
+  const consoleObject = {};
+  for (const level of ["log", "info", "warn", "error", "debug"]) {
+    consoleObject[level] = function () {
+      const args = [];
+      for (let i = 0; i < arguments.length; i++) args[i] = arguments[i];
+      log(level, args);
+    };
+  }
+  consoleObject.trace = consoleObject.debug;
+
+  function deepFreeze(v) {
+    if (typeof v === "object" && v !== null && !isFrozen(v)) {
+      freeze(v);
+      const names = getOwnPropertyNames(v);
+      for (let i = 0; i < names.length; i++) deepFreeze(v[names[i]]);
+    }
+    return v;
+  }
+
+  function sleep(duration) {
+    if (typeof duration !== "number" && typeof duration !== "string") {
+      throw new TypeErrorCtor("sleep(duration): give milliseconds or a string such as \"90s\" or \"2 hours\"");
+    }
+    return callHostTool("sleep", [], [duration]);
+  }
+
+  function sleepUntil(when) {
+    const date = new DateCtor(when instanceof DateCtor ? apply(DateCtor.prototype.getTime, when, []) : when);
+    let iso;
+    try {
+      iso = apply(dateToISOString, date, []);
+    } catch (_e) {
+      throw new RangeErrorCtor("sleepUntil(date): not a valid date: " + inspect(when));
+    }
+    return callHostTool("sleep", ["until"], [iso]);
+  }
+
+  function checkpoint() {
+    return callHostTool("checkpoint", [], []);
+  }
+
+  const constant = (name, value) =>
+    defineProperty(G, name, { value, writable: false, enumerable: false, configurable: false });
+  constant("__callHostTool__", freeze(function __callHostTool__(service, methodPath, args) {
+    return callHostTool(service, methodPath, args);
+  }));
+  constant("tools", toolProxy(undefined, []));
+  constant("sleep", freeze(sleep));
+  constant("sleepUntil", freeze(sleepUntil));
+  constant("checkpoint", freeze(checkpoint));
+  constant("console", freeze(consoleObject));
+  const commonJsModule = { exports: {} };
+  defineProperty(G, "module", { value: commonJsModule, writable: true, enumerable: false, configurable: true });
+  defineProperty(G, "exports", { value: commonJsModule.exports, writable: true, enumerable: false, configurable: true });
+
+  function finish(value) {
+    if (state !== "running") return;
+    let json;
+    try {
+      json = value === undefined ? "null" : jsonStringify(value);
+    } catch (e) {
+      failure = { code: "RESULT_NOT_SERIALIZABLE", name: "TypeError", message: "the task's result is not JSON-serializable: " + describe(e).message };
+      state = "failed";
+      return;
+    }
+    if (json === undefined) {
+      failure = { code: "RESULT_NOT_SERIALIZABLE", name: "TypeError", message: "the task's result is not JSON-serializable: it is a " + typeof value };
+      state = "failed";
+      return;
+    }
+    if (json.length > limits.resultBytes) {
+      failure = { code: "RESULT_TOO_LARGE", name: "LimitError", message: "the task's result is larger than " + limits.resultBytes + " bytes" };
+      state = "failed";
+      return;
+    }
+    resultJson = json;
+    state = "done";
+  }
+
+  function fail(e) {
+    if (state !== "running") return;
+    failure = describe(e);
+    state = "failed";
+  }
+
+  return freeze({
+    configure(limitsJson) {
+      limits = jsonParse(limitsJson);
+    },
+    start(kind, target, inputJson, contextJson) {
+      if (state !== "idle") throw new ErrorCtor("the task was started already");
+      state = "running";
+      const input = jsonParse(inputJson);
+      const context = deepFreeze(jsonParse(contextJson));
+      const main = apply(promiseThen, apply(promiseResolve, PromiseCtor, [target]), [(loaded) => {
+        let entry;
+        if (kind === "module") {
+          entry = loaded === undefined || loaded === null ? undefined : loaded.default;
+        } else {
+          const exported = G.module === undefined || G.module === null ? undefined : G.module.exports;
+          entry = typeof exported === "function" ? exported : exported === undefined || exported === null ? undefined : exported.default;
+        }
+        if (typeof entry !== "function") {
+          const e = new TypeErrorCtor(kind === "module"
+            ? "the task module must export a default function: export default async function (input, ctx) { ... }"
+            : "the task must set module.exports to a function: module.exports = async function (input) { ... }");
+          e.code = "TASK_NO_ENTRY";
+          throw e;
+        }
+        return entry(input, context);
+      }]);
+      apply(promiseThen, main, [finish, fail]);
+    },
+    settle(id, ok, payloadJson) {
+      const entry = apply(mapGet, pending, [id]);
+      if (entry === undefined) return false;
+      apply(mapDelete, pending, [id]);
+      pendingCount--;
+      if (ok) {
+        entry.resolve(payloadJson === undefined ? undefined : jsonParse(payloadJson));
+      } else {
+        const p = jsonParse(payloadJson);
+        const e = new ErrorCtor(p.message);
+        e.name = p.name;
+        if (p.code !== undefined) e.code = p.code;
+        if (p.data !== undefined) e.data = p.data;
+        apply(mapSet, rejected, [id, entry.promise]);
+        entry.reject(e);
+      }
+      return true;
+    },
+    status() {
+      apply(mapForEach, rejected, [(promise, id) => {
+        if (apply(weakSetHas, handled, [promise])) {
+          apply(mapDelete, rejected, [id]);
+        } else if (fatal === undefined && state === "running") {
+          fatal = { code: "UNHANDLED_REJECTION", name: "UnhandledRejection", message: "host call " + id + " was rejected and the task never handled it" };
+        }
+      }]);
+      const ids = [];
+      apply(mapForEach, pending, [(_entry, id) => { ids[ids.length] = id; }]);
+      const s = fatal !== undefined
+        ? '{"state":"failed","error":' + jsonStringify(fatal)
+        : '{"state":' + jsonStringify(state) + (state === "failed" ? ',"error":' + jsonStringify(failure) : state === "done" ? ',"result":' + resultJson : "");
+      return s + ',"pending":' + jsonStringify(ids) + ',"lastCallId":' + nextId + "}";
+    },
+    takeLogs() {
+      if (logs.length === 0) return "[]";
+      const out = jsonStringify(logs);
+      logs = [];
+      return out;
+    },
+  });
+})
+`;

@@ -1,0 +1,327 @@
+/**
+ * The QuickJS wasm build the sandbox runs on: which variant, where its bytes are, and the
+ * facts about its memory layout that the snapshot code needs, all derived from the wasm
+ * file itself. Every VM gets a FRESH module instance over its own WebAssembly.Memory;
+ * the compiled WebAssembly.Module is shared.
+ */
+import {
+  newQuickJSAsyncWASMModuleFromVariant,
+  newQuickJSWASMModuleFromVariant,
+  newVariant,
+  type QuickJSAsyncWASMModule,
+  type QuickJSWASMModule,
+} from "quickjs-emscripten";
+import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.json" with {
+  type: "json",
+};
+import syncPackage from "@jitl/quickjs-wasmfile-release-sync/package.json" with { type: "json" };
+import { MAX_STACK_BYTES } from "./limits.ts";
+
+/**
+ * The one build the product runs on. The asyncify build is what lets a host function
+ * suspend the C stack (used only where no snapshot can happen, such as module loading);
+ * the bridge itself never suspends. `deno task bench` measures it against "sync".
+ */
+export const BUILD_VARIANT: BuildVariant = "asyncify";
+export type BuildVariant = "asyncify" | "sync";
+
+/** 64 KiB, the unit of WebAssembly.Memory. */
+export const WASM_PAGE = 65536;
+/** The wasm declares its memory import with a maximum of 32768 pages (2 GiB). */
+const MAX_WASM_PAGES = 32768;
+
+/**
+ * emscripten writes `_=<thisProgram>` and `LANG=<navigator.language>.UTF-8` into the C
+ * environment, which QuickJS's libc init copies onto the heap: a different script path or
+ * locale shifts every heap pointer, and a snapshot would not restore. Both are pinned.
+ */
+const PINNED_THIS_PROGRAM = "qjs";
+const PINNED_LANGUAGE = "en-US";
+
+interface VariantSource {
+  packageName: string;
+  version: string;
+  wasmUrl: () => string;
+  load: () => Promise<unknown>;
+}
+
+const SOURCES: Record<BuildVariant, VariantSource> = {
+  asyncify: {
+    packageName: "@jitl/quickjs-wasmfile-release-asyncify",
+    version: asyncifyPackage.version,
+    wasmUrl: () => import.meta.resolve("@jitl/quickjs-wasmfile-release-asyncify/wasm"),
+    // A static import of a variant package fails `deno check`; a dynamic one does not.
+    load: () => import("@jitl/quickjs-wasmfile-release-asyncify").then((m) => m.default),
+  },
+  sync: {
+    packageName: "@jitl/quickjs-wasmfile-release-sync",
+    version: syncPackage.version,
+    wasmUrl: () => import.meta.resolve("@jitl/quickjs-wasmfile-release-sync/wasm"),
+    load: () => import("@jitl/quickjs-wasmfile-release-sync").then((m) => m.default),
+  },
+};
+
+/** What the snapshot code must know about a build, read from its wasm bytes. */
+export interface BuildFacts {
+  /** Name of the export whose body is `global.get 0` (emscripten's stackSave). */
+  stackSaveExport: string;
+  /** Initial value of the stack pointer global: top of the C stack and base of the heap. */
+  heapBase: number;
+  /** Address of emscripten's `sbrk_val` (the heap break), initialised to heapBase. */
+  sbrkAddress: number;
+  /** End of the initialised data segments. */
+  dataEnd: number;
+  /** The memory import's minimum, in wasm pages. */
+  minPages: number;
+}
+
+export interface WasmBuild {
+  variant: BuildVariant;
+  packageName: string;
+  packageVersion: string;
+  /** Hex SHA-256 of the wasm file. */
+  wasmSha256: string;
+  compiled: WebAssembly.Module;
+  variantModule: unknown;
+  facts: BuildFacts;
+}
+
+const builds = new Map<BuildVariant, Promise<WasmBuild>>();
+
+/** Loads (once per process) and analyses a build. */
+export function getBuild(variant: BuildVariant = BUILD_VARIANT): Promise<WasmBuild> {
+  let build = builds.get(variant);
+  if (!build) {
+    build = loadBuild(variant);
+    builds.set(variant, build);
+    build.catch(() => builds.delete(variant));
+  }
+  return build;
+}
+
+async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
+  const source = SOURCES[variant];
+  const bytes = await readWasm(source.wasmUrl());
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return {
+    variant,
+    packageName: source.packageName,
+    packageVersion: source.version,
+    wasmSha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
+    compiled: await WebAssembly.compile(bytes),
+    variantModule: await source.load(),
+    facts: analyseWasm(bytes),
+  };
+}
+
+async function readWasm(url: string): Promise<Uint8Array<ArrayBuffer>> {
+  if (url.startsWith("file:")) return await Deno.readFile(new URL(url));
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`cannot fetch the QuickJS wasm at ${url}: ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+/** A fresh module instance over a memory of `pages` wasm pages. */
+export interface WasmInstance {
+  build: WasmBuild;
+  memory: WebAssembly.Memory;
+  module: QuickJSAsyncWASMModule | QuickJSWASMModule;
+  /** Current value of the C stack pointer. */
+  stackPointer(): number;
+}
+
+export async function instantiate(build: WasmBuild, pages?: number): Promise<WasmInstance> {
+  const initial = Math.max(build.facts.minPages, pages ?? build.facts.minPages);
+  const memory = new WebAssembly.Memory({ initial, maximum: MAX_WASM_PAGES });
+  let exports: WebAssembly.Exports | undefined;
+  const variant = newVariant(build.variantModule as never, {
+    wasmMemory: memory,
+    emscriptenModule: {
+      thisProgram: PINNED_THIS_PROGRAM,
+      instantiateWasm(
+        imports: WebAssembly.Imports,
+        onSuccess: (instance: WebAssembly.Instance, module: WebAssembly.Module) => void,
+      ) {
+        const instance = new WebAssembly.Instance(build.compiled, imports);
+        exports = instance.exports;
+        onSuccess(instance, build.compiled);
+        return instance.exports;
+      },
+    } as never,
+  });
+  const module = await withPinnedLanguage(() =>
+    build.variant === "asyncify"
+      ? newQuickJSAsyncWASMModuleFromVariant(variant as never)
+      : newQuickJSWASMModuleFromVariant(variant as never)
+  );
+  if (module.getWasmMemory() !== memory) throw new Error("QuickJS did not use the given memory");
+  const stackSave = exports?.[build.facts.stackSaveExport];
+  if (typeof stackSave !== "function") throw new Error("stackSave export not found");
+  return { build, memory, module, stackPointer: stackSave as () => number };
+}
+
+/**
+ * emscripten reads `globalThis.navigator.language` once, while the module initialises.
+ * Shadow it with a pinned value for that time; nested and concurrent loads share one
+ * shadow, and the original property comes back when the last load ends.
+ */
+let pinDepth = 0;
+let savedNavigator: PropertyDescriptor | undefined;
+async function withPinnedLanguage<T>(load: () => Promise<T>): Promise<T> {
+  if (pinDepth++ === 0) {
+    savedNavigator = Object.getOwnPropertyDescriptor(globalThis, "navigator");
+    const original = globalThis.navigator;
+    const pinned = Object.create(original ?? null, {
+      language: { value: PINNED_LANGUAGE, enumerable: true },
+    });
+    Object.defineProperty(globalThis, "navigator", { value: pinned, configurable: true });
+  }
+  try {
+    return await load();
+  } finally {
+    if (--pinDepth === 0) {
+      if (savedNavigator) Object.defineProperty(globalThis, "navigator", savedNavigator);
+      else delete (globalThis as { navigator?: unknown }).navigator;
+    }
+  }
+}
+
+// ---- reading the wasm binary ---------------------------------------------------------
+
+/** Reads the facts the snapshot code relies on; throws if the build does not have them. */
+export function analyseWasm(bytes: Uint8Array): BuildFacts {
+  const r = new WasmReader(bytes);
+  let importedFunctions = 0;
+  let minPages = 0;
+  let heapBase: number | undefined;
+  const functionExports = new Map<number, string>();
+  const smallBodies = new Map<number, Uint8Array>();
+  const data = new Map<number, Uint8Array>();
+  r.pos = 8;
+  while (r.pos < bytes.length) {
+    const id = r.byte();
+    const size = r.u32();
+    const end = r.pos + size;
+    if (id === 2) { // imports
+      for (let n = r.u32(); n > 0; n--) {
+        r.name();
+        r.name();
+        const kind = r.byte();
+        if (kind === 0) (r.u32(), importedFunctions++);
+        else if (kind === 1) (r.byte(), r.limits());
+        else if (kind === 2) minPages = r.limits();
+        else if (kind === 3) (r.byte(), r.byte());
+      }
+    } else if (id === 6) { // globals: the first is emscripten's stack pointer
+      r.u32();
+      r.byte();
+      r.byte();
+      if (r.byte() !== 0x41) throw new Error("wasm: global 0 is not an i32 constant");
+      heapBase = r.s32();
+    } else if (id === 7) { // exports
+      for (let n = r.u32(); n > 0; n--) {
+        const name = r.name();
+        const kind = r.byte();
+        const index = r.u32();
+        if (kind === 0) functionExports.set(index, name);
+      }
+    } else if (id === 10) { // code
+      let index = importedFunctions;
+      for (let n = r.u32(); n > 0; n--, index++) {
+        const bodySize = r.u32();
+        if (bodySize <= 8 && functionExports.has(index)) {
+          smallBodies.set(index, bytes.subarray(r.pos, r.pos + bodySize));
+        }
+        r.pos += bodySize;
+      }
+    } else if (id === 11) { // data: active segments at constant offsets
+      for (let n = r.u32(); n > 0; n--) {
+        const flags = r.u32();
+        if (flags !== 0) throw new Error("wasm: unexpected data segment kind " + flags);
+        if (r.byte() !== 0x41) throw new Error("wasm: data offset is not an i32 constant");
+        const offset = r.s32();
+        if (r.byte() !== 0x0b) throw new Error("wasm: data offset expression too long");
+        const length = r.u32();
+        data.set(offset, bytes.subarray(r.pos, r.pos + length));
+        r.pos += length;
+      }
+    }
+    r.pos = end;
+  }
+  if (heapBase === undefined) throw new Error("wasm: no stack pointer global");
+  // stackSave: no locals, `global.get 0`, `end`
+  let stackSaveExport: string | undefined;
+  for (const [index, body] of smallBodies) {
+    if (
+      body.length === 4 && body[0] === 0 && body[1] === 0x23 && body[2] === 0 && body[3] === 0x0b
+    ) {
+      stackSaveExport = functionExports.get(index);
+    }
+  }
+  if (!stackSaveExport) throw new Error("wasm: no stackSave export");
+  // sbrk_val is the one aligned word of initialised data equal to the heap base. Segments
+  // are laid into one image first: the optimiser splits them at runs of zeros, so a
+  // word's trailing zero bytes may belong to no segment.
+  let dataEnd = 0;
+  for (const [offset, segment] of data) dataEnd = Math.max(dataEnd, offset + segment.length);
+  const image = new Uint8Array(dataEnd + 4);
+  for (const [offset, segment] of data) image.set(segment, offset);
+  const words = new Uint32Array(image.buffer, 0, image.length >> 2);
+  const sbrkCandidates: number[] = [];
+  for (let i = 0; i < words.length; i++) if (words[i] === heapBase) sbrkCandidates.push(i * 4);
+  if (sbrkCandidates.length !== 1) {
+    throw new Error(`wasm: expected one sbrk_val candidate, found ${sbrkCandidates.length}`);
+  }
+  // The C stack lies between the static data and the heap base; it must hold the largest
+  // stack a task may ask for, plus static data the initialised segments do not cover.
+  if (heapBase - dataEnd < MAX_STACK_BYTES + 65536) {
+    throw new Error(
+      `wasm: the C stack (${heapBase - dataEnd} bytes) is smaller than the limits assume`,
+    );
+  }
+  return { stackSaveExport, heapBase, sbrkAddress: sbrkCandidates[0]!, dataEnd, minPages };
+}
+
+class WasmReader {
+  pos = 0;
+  constructor(private readonly bytes: Uint8Array) {}
+  byte(): number {
+    const b = this.bytes[this.pos++];
+    if (b === undefined) throw new Error("wasm: unexpected end");
+    return b;
+  }
+  u32(): number {
+    let result = 0;
+    let shift = 0;
+    for (;;) {
+      const b = this.byte();
+      result += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (b < 0x80) return result;
+    }
+  }
+  s32(): number {
+    let result = 0;
+    let shift = 0;
+    let b: number;
+    do {
+      b = this.byte();
+      result |= (b & 0x7f) << shift;
+      shift += 7;
+    } while (b >= 0x80);
+    return shift < 32 && b & 0x40 ? result | (-1 << shift) : result;
+  }
+  name(): string {
+    const length = this.u32();
+    const s = new TextDecoder().decode(this.bytes.subarray(this.pos, this.pos + length));
+    this.pos += length;
+    return s;
+  }
+  /** Reads limits and returns the minimum. */
+  limits(): number {
+    const flags = this.byte();
+    const min = this.u32();
+    if (flags & 1) this.u32();
+    return min;
+  }
+}
