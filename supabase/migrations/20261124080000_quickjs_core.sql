@@ -1,0 +1,866 @@
+-- Durable QuickJS tasks: tables, the run state machine, and its triggers.
+--
+-- Every state transition is one SQL function, run in one transaction, guarded by the
+-- lease's fencing token: a worker whose lease was taken over cannot write over newer
+-- state. Time is a parameter (p_now, default now()) so tests can move the clock.
+-- Errors are raised with SQLSTATE QJ4xx and a stable code in HINT; the store maps them.
+-- Applies on plain PostgreSQL 15+ and on Supabase; Supabase-only parts are in the next
+-- migration, guarded.
+
+create schema if not exists quickjs;
+comment on schema quickjs is 'Durable JavaScript tasks run in a QuickJS sandbox; see README.md.';
+
+-- Mirrored by RUN_STATUS in supabase/functions/quickjs/engine/states.ts.
+create type quickjs.run_status as enum (
+  'queued', 'running', 'suspended', 'completed', 'failed', 'cancelled'
+);
+comment on type quickjs.run_status is
+  'queued: claimable at run_at; running: leased to a worker; suspended: VM saved, waiting for '
+  'wake_at or a call to settle; completed/failed/cancelled: final.';
+
+-- Mirrored by CALL_STATUS in engine/states.ts.
+create type quickjs.call_status as enum ('pending', 'started', 'succeeded', 'failed');
+comment on type quickjs.call_status is
+  'pending: recorded, waiting (sleep, child run); started: being executed (attempts counts '
+  'executions); succeeded/failed: final, delivered from the journal from then on.';
+
+create sequence quickjs.fencing_tokens;
+comment on sequence quickjs.fencing_tokens is 'One new token per claim; a transition must present the current one.';
+
+-- ---- tables -------------------------------------------------------------------------------
+
+create table quickjs.tasks (
+  id uuid primary key default gen_random_uuid(),
+  name text not null unique
+    constraint tasks_name_format check (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$'),
+  latest_version int not null default 0,
+  description text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table quickjs.tasks is 'Task definitions by name; the code lives in task_versions.';
+
+create table quickjs.task_versions (
+  task_id uuid not null references quickjs.tasks (id) on delete cascade,
+  version int not null check (version > 0),
+  code text not null,
+  code_sha256 text not null,
+  limits jsonb not null default '{}' check (jsonb_typeof(limits) = 'object'),
+  allowed_tools text[],
+  created_at timestamptz not null default now(),
+  primary key (task_id, version)
+);
+comment on table quickjs.task_versions is
+  'Immutable code of each task version. A run pins the version it was created with.';
+comment on column quickjs.task_versions.allowed_tools is
+  'Services the task may call (null: all); names like kv, http, tasks, or a registered service.';
+
+create table quickjs.runs (
+  id uuid primary key default gen_random_uuid(),
+  task_id uuid not null,
+  task_name text not null,
+  task_version int not null,
+  status quickjs.run_status not null default 'queued',
+  input jsonb not null default 'null',
+  result jsonb,
+  error jsonb,
+  attempts int not null default 0,
+  lease_owner text,
+  lease_expires_at timestamptz,
+  fencing_token bigint,
+  lease_expirations int not null default 0,
+  run_at timestamptz not null default now(),
+  wake_at timestamptz,
+  waiting_on jsonb,
+  suspensions int not null default 0,
+  parent_run_id uuid references quickjs.runs (id) on delete set null,
+  parent_call_seq int,
+  depth int not null default 0,
+  owner_id uuid,
+  idempotency_key text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  started_at timestamptz,
+  finished_at timestamptz,
+  foreign key (task_id, task_version) references quickjs.task_versions (task_id, version),
+  constraint runs_idempotency unique (task_id, idempotency_key),
+  constraint runs_leased check (
+    status <> 'running' or (lease_owner is not null and lease_expires_at is not null and fencing_token is not null)),
+  constraint runs_final check ((status in ('completed', 'failed', 'cancelled')) = (finished_at is not null)),
+  constraint runs_wakeable check (status <> 'suspended' or wake_at is not null or waiting_on ? 'children'),
+  constraint runs_outcome check (status <> 'completed' or (result is not null and error is null))
+);
+comment on table quickjs.runs is
+  'One execution of a task. A suspended run always has a way to wake: wake_at or a child run.';
+comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
+comment on column quickjs.runs.lease_expirations is
+  'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
+comment on column quickjs.runs.waiting_on is 'What a suspended run waits for: {calls, children, wakeAt}.';
+
+create index runs_claim_queued on quickjs.runs (run_at) where status = 'queued';
+create index runs_claim_suspended on quickjs.runs (wake_at) where status = 'suspended';
+create index runs_lease_expiry on quickjs.runs (lease_expires_at) where status = 'running';
+create index runs_parent on quickjs.runs (parent_run_id) where parent_run_id is not null;
+create index runs_owner on quickjs.runs (owner_id, created_at desc) where owner_id is not null;
+
+create table quickjs.calls (
+  run_id uuid not null references quickjs.runs (id) on delete cascade,
+  seq int not null check (seq > 0),
+  service text not null,
+  method_path text[] not null default '{}',
+  args jsonb not null default '[]',
+  mode text not null check (mode in ('inline', 'durable')),
+  status quickjs.call_status not null default 'pending',
+  result jsonb,
+  error jsonb,
+  attempts int not null default 0,
+  idempotency_key text not null,
+  wake_at timestamptz,
+  child_run_id uuid references quickjs.runs (id) on delete set null,
+  created_at timestamptz not null default now(),
+  started_at timestamptz,
+  completed_at timestamptz,
+  primary key (run_id, seq),
+  constraint calls_final check ((status in ('succeeded', 'failed')) = (completed_at is not null))
+);
+comment on table quickjs.calls is
+  'Journal of host calls. A settled call is never executed again: its outcome is delivered from '
+  'here. A call in flight when its worker died is retried with the same idempotency key.';
+
+create table quickjs.snapshots (
+  run_id uuid primary key references quickjs.runs (id) on delete cascade,
+  header jsonb not null,
+  format int not null,
+  variant text not null,
+  package_version text not null,
+  wasm_sha256 text not null,
+  parked_calls int[] not null,
+  last_call_id int not null,
+  size_bytes int not null,
+  bytes bytea not null,
+  created_at timestamptz not null default now()
+);
+comment on table quickjs.snapshots is
+  'The saved VM of a suspended run (its whole wasm memory, as pages that differ from a fresh VM). '
+  'It holds the task''s heap, secrets included: service role only.';
+
+create table quickjs.run_logs (
+  id bigint generated always as identity primary key,
+  run_id uuid not null references quickjs.runs (id) on delete cascade,
+  attempt int not null,
+  level text not null check (level in ('log', 'info', 'warn', 'error', 'debug', 'system')),
+  message text not null,
+  logged_at timestamptz not null
+);
+create index run_logs_run on quickjs.run_logs (run_id, id);
+comment on table quickjs.run_logs is 'console output of runs (level system: the executor''s own notes).';
+
+create table quickjs.kv (
+  key text primary key check (length(key) between 1 and 512),
+  value jsonb not null,
+  secret boolean not null default false,
+  updated_at timestamptz not null default now()
+);
+comment on table quickjs.kv is
+  'Per-project key-value store for tasks (tools.kv). Secret values are kept out of the journal and logs.';
+
+create table quickjs.services (
+  name text primary key check (name ~ '^[A-Za-z][A-Za-z0-9_-]{0,63}$'),
+  url text not null check (url ~ '^https?://'),
+  headers jsonb not null default '{}' check (jsonb_typeof(headers) = 'object'),
+  timeout_ms int not null default 30000 check (timeout_ms between 100 and 900000),
+  description text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+comment on table quickjs.services is
+  'External services tasks call as tools.<name>.<method>(args): a POST of {method, args} to url.';
+
+create table quickjs.settings (
+  key text primary key,
+  value text not null
+);
+comment on table quickjs.settings is
+  'Dispatch settings: dispatch = notify | pg_net | none; function_url for pg_net.';
+insert into quickjs.settings (key, value) values ('dispatch', 'notify');
+
+-- ---- helpers ------------------------------------------------------------------------------
+
+create function quickjs.raise_error(p_code text, p_message text, p_sqlstate text default 'QJ400')
+returns void language plpgsql as $$
+begin
+  raise exception using errcode = p_sqlstate, message = p_message, hint = p_code;
+end $$;
+comment on function quickjs.raise_error is 'Raises an error the store maps to StoreError(code = hint).';
+
+create function quickjs.current_user_id() returns uuid language sql stable as $$
+  select nullif(coalesce(
+    current_setting('request.jwt.claims', true)::jsonb ->> 'sub',
+    current_setting('request.jwt.claim.sub', true)), '')::uuid
+$$;
+comment on function quickjs.current_user_id is 'The caller''s user id from PostgREST''s JWT claims (null outside PostgREST).';
+
+create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stable as $$
+  select jsonb_strip_nulls(jsonb_build_object(
+    'id', r.id, 'task', r.task_name, 'taskId', r.task_id, 'taskVersion', r.task_version,
+    'status', r.status, 'input', r.input, 'result', r.result, 'error', r.error,
+    'attempts', r.attempts, 'suspensions', r.suspensions, 'wakeAt', r.wake_at,
+    'waitingOn', r.waiting_on, 'parentRunId', r.parent_run_id, 'parentCallSeq', r.parent_call_seq,
+    'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
+    'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
+    'startedAt', r.started_at, 'finishedAt', r.finished_at))
+    -- a completed run's result may be JSON null: keep the key
+    || case when r.status = 'completed' then jsonb_build_object('result', r.result) else '{}' end
+$$;
+comment on function quickjs.run_json is 'A run as the API shows it (camelCase).';
+
+create function quickjs.call_json(c quickjs.calls) returns jsonb language sql stable as $$
+  select jsonb_strip_nulls(jsonb_build_object(
+    'seq', c.seq, 'service', c.service, 'path', to_jsonb(c.method_path), 'args', c.args,
+    'mode', c.mode, 'status', c.status, 'error', c.error, 'attempts', c.attempts,
+    'idempotencyKey', c.idempotency_key, 'wakeAt', c.wake_at, 'childRunId', c.child_run_id,
+    'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at))
+    || case when c.status = 'succeeded' then jsonb_build_object('result', c.result) else '{}' end
+$$;
+
+-- Locks a run and checks the caller still holds its lease.
+create function quickjs.lock_leased_run(p_run_id uuid, p_token bigint) returns quickjs.runs
+language plpgsql as $$
+declare
+  r quickjs.runs;
+begin
+  select * into r from quickjs.runs where id = p_run_id for update;
+  if not found then
+    perform quickjs.raise_error('RUN_NOT_FOUND', format('run %s does not exist', p_run_id), 'QJ404');
+  end if;
+  if r.status <> 'running' or r.fencing_token is distinct from p_token then
+    perform quickjs.raise_error('STALE_LEASE', format(
+      'run %s is no longer leased with token %s (status %s, token %s)',
+      p_run_id, p_token, r.status, r.fencing_token), 'QJ409');
+  end if;
+  return r;
+end $$;
+comment on function quickjs.lock_leased_run is 'Fencing: refuses a worker whose lease was taken over.';
+
+create function quickjs.append_logs(p_run_id uuid, p_attempt int, p_logs jsonb) returns void
+language sql as $$
+  insert into quickjs.run_logs (run_id, attempt, level, message, logged_at)
+  select p_run_id, p_attempt, coalesce(l ->> 'level', 'log'), coalesce(l ->> 'message', ''),
+         coalesce(to_timestamp((l ->> 'at')::double precision / 1000), now())
+  from jsonb_array_elements(coalesce(p_logs, '[]')) as l
+$$;
+
+-- ---- tasks --------------------------------------------------------------------------------
+
+create function quickjs.publish_task(
+  p_name text, p_code text, p_description text default null, p_limits jsonb default '{}',
+  p_allowed_tools text[] default null)
+returns jsonb language plpgsql as $$
+declare
+  t quickjs.tasks;
+  v quickjs.task_versions;
+  v_sha text := encode(sha256(convert_to(p_code, 'UTF8')), 'hex');
+  v_changed boolean := false;
+begin
+  insert into quickjs.tasks (name, description) values (p_name, p_description)
+  on conflict (name) do update set
+    description = coalesce(excluded.description, quickjs.tasks.description), updated_at = now()
+  returning * into t;
+  select * into v from quickjs.task_versions where task_id = t.id and version = t.latest_version;
+  if not found or v.code_sha256 <> v_sha or v.limits <> coalesce(p_limits, '{}')
+     or v.allowed_tools is distinct from p_allowed_tools then
+    insert into quickjs.task_versions (task_id, version, code, code_sha256, limits, allowed_tools)
+    values (t.id, t.latest_version + 1, p_code, v_sha, coalesce(p_limits, '{}'), p_allowed_tools)
+    returning * into v;
+    update quickjs.tasks set latest_version = v.version, updated_at = now() where id = t.id;
+    v_changed := true;
+  end if;
+  return jsonb_build_object('id', t.id, 'name', t.name, 'version', v.version,
+    'changed', v_changed, 'codeSha256', v.code_sha256);
+end $$;
+comment on function quickjs.publish_task is
+  'Creates or updates a task; a new version only when code, limits or allowed tools change.';
+
+-- Fills in the task of a run inserted by plain SQL: insert into quickjs.runs (task_name, input).
+create function quickjs.runs_before_insert() returns trigger language plpgsql as $$
+declare
+  t quickjs.tasks;
+begin
+  if new.task_id is not null then
+    select * into t from quickjs.tasks where id = new.task_id;
+  else
+    select * into t from quickjs.tasks where name = new.task_name;
+  end if;
+  if not found or t.latest_version = 0 then
+    perform quickjs.raise_error('TASK_NOT_FOUND',
+      format('task %s does not exist', coalesce(new.task_id::text, new.task_name)), 'QJ404');
+  end if;
+  new.task_id := t.id;
+  new.task_name := t.name;
+  new.task_version := coalesce(new.task_version, t.latest_version);
+  return new;
+end $$;
+create trigger runs_before_insert before insert on quickjs.runs
+  for each row execute function quickjs.runs_before_insert();
+
+-- ---- the run state machine ----------------------------------------------------------------
+
+create function quickjs.enqueue_run(
+  p_task text default null, p_task_id uuid default null, p_input jsonb default 'null',
+  p_idempotency_key text default null, p_owner_id uuid default null,
+  p_run_at timestamptz default null, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  t quickjs.tasks;
+  r quickjs.runs;
+begin
+  if p_task_id is not null then
+    select * into t from quickjs.tasks where id = p_task_id;
+  else
+    select * into t from quickjs.tasks where name = p_task;
+  end if;
+  if not found or t.latest_version = 0 then
+    perform quickjs.raise_error('TASK_NOT_FOUND',
+      format('task %s does not exist', coalesce(p_task_id::text, p_task)), 'QJ404');
+  end if;
+  if p_idempotency_key is not null then
+    insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
+                              created_at, updated_at)
+    values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
+            coalesce(p_run_at, p_now), p_now, p_now)
+    on conflict (task_id, idempotency_key) do nothing
+    returning * into r;
+    if r.id is null then
+      select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key;
+      if r.input is distinct from coalesce(p_input, 'null') or r.owner_id is distinct from p_owner_id then
+        perform quickjs.raise_error('IDEMPOTENCY_CONFLICT', format(
+          'idempotency key %s was used for run %s with a different input', p_idempotency_key, r.id),
+          'QJ409');
+      end if;
+      return quickjs.run_json(r) || '{"created": false}';
+    end if;
+  else
+    insert into quickjs.runs (task_id, task_name, input, owner_id, run_at, created_at, updated_at)
+    values (t.id, t.name, coalesce(p_input, 'null'), p_owner_id, coalesce(p_run_at, p_now), p_now, p_now)
+    returning * into r;
+  end if;
+  return quickjs.run_json(r) || '{"created": true}';
+end $$;
+comment on function quickjs.enqueue_run is
+  'Creates a queued run of the task''s latest version; the same idempotency key and input return the same run.';
+
+-- A claimed run as the engine needs it: code, limits, snapshot, and the journal entries
+-- that matter on resume (the parked calls and everything after the snapshot).
+create function quickjs.claim_json(r quickjs.runs) returns jsonb language sql stable as $$
+  select quickjs.run_json(r) || jsonb_build_object(
+    'fencingToken', r.fencing_token,
+    'code', v.code, 'limits', v.limits, 'allowedTools', to_jsonb(v.allowed_tools),
+    'snapshot', case when s.run_id is null then null else encode(s.bytes, 'base64') end,
+    'snapshotHeader', s.header,
+    'calls', coalesce((
+      select jsonb_agg(quickjs.call_json(c) order by c.seq) from quickjs.calls c
+      where c.run_id = r.id
+        and (s.run_id is null or c.seq > s.last_call_id or c.seq = any (s.parked_calls))), '[]'))
+  from quickjs.task_versions v
+  left join quickjs.snapshots s on s.run_id = r.id
+  where v.task_id = r.task_id and v.version = r.task_version
+$$;
+
+create function quickjs.requeue_expired_leases(
+  p_now timestamptz default now(), p_max_expirations int default 5)
+returns int language plpgsql as $$
+declare
+  r quickjs.runs;
+  n int := 0;
+begin
+  for r in
+    select * from quickjs.runs where status = 'running' and lease_expires_at < p_now
+    for update skip locked
+  loop
+    n := n + 1;
+    if r.lease_expirations + 1 >= p_max_expirations then
+      update quickjs.runs set status = 'failed', lease_expirations = lease_expirations + 1,
+        error = jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
+          'message', format('the run''s worker stopped %s times without reporting back '
+            '(crash, platform timeout or out of memory)', r.lease_expirations + 1)),
+        lease_owner = null, lease_expires_at = null, finished_at = p_now, updated_at = p_now
+      where id = r.id returning * into r;
+      perform quickjs.notify_parent(r, p_now);
+    else
+      update quickjs.runs set status = 'queued', run_at = p_now, lease_expirations = lease_expirations + 1,
+        lease_owner = null, lease_expires_at = null, updated_at = p_now
+      where id = r.id;
+      perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
+        'level', 'system', 'message', format('lease of %s expired; run requeued', r.lease_owner),
+        'at', extract(epoch from p_now) * 1000)));
+    end if;
+  end loop;
+  return n;
+end $$;
+comment on function quickjs.requeue_expired_leases is
+  'Gives runs whose worker vanished to another worker; fails them after p_max_expirations.';
+
+create function quickjs.claim_runs(
+  p_worker text, p_limit int default 1, p_lease_seconds int default 30,
+  p_run_id uuid default null, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  v_claimed jsonb;
+begin
+  perform quickjs.requeue_expired_leases(p_now);
+  with picked as (
+    select id from quickjs.runs
+    where (p_run_id is null or id = p_run_id)
+      and ((status = 'queued' and run_at <= p_now) or (status = 'suspended' and wake_at <= p_now))
+    order by coalesce(wake_at, run_at), created_at
+    limit greatest(p_limit, 1)
+    for update skip locked
+  ), claimed as (
+    update quickjs.runs r set
+      status = 'running', lease_owner = p_worker,
+      lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+      fencing_token = nextval('quickjs.fencing_tokens'), attempts = r.attempts + 1,
+      started_at = coalesce(r.started_at, p_now), wake_at = null, updated_at = p_now
+    from picked where r.id = picked.id
+    returning r.*
+  )
+  select coalesce(jsonb_agg(quickjs.claim_json(c)), '[]') into v_claimed from claimed c;
+  return v_claimed;
+end $$;
+comment on function quickjs.claim_runs is
+  'Leases up to p_limit due runs (queued, or suspended past wake_at) with a new fencing token.';
+
+create function quickjs.heartbeat(
+  p_run_id uuid, p_token bigint, p_lease_seconds int default 30, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+begin
+  update quickjs.runs set lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+    updated_at = p_now
+  where id = r.id returning * into r;
+  return jsonb_build_object('leaseExpiresAt', r.lease_expires_at);
+end $$;
+comment on function quickjs.heartbeat is 'Extends the lease of a run the caller holds.';
+
+create function quickjs.record_call(
+  p_run_id uuid, p_token bigint, p_seq int, p_service text, p_method_path text[], p_args jsonb,
+  p_mode text, p_wake_at timestamptz default null, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  select * into c from quickjs.calls where run_id = r.id and seq = p_seq for update;
+  if found and c.service = p_service and c.method_path = p_method_path and c.args = p_args then
+    if c.status in ('succeeded', 'failed') then
+      return quickjs.call_json(c) || '{"replayed": true}';
+    end if;
+    if p_mode = 'inline' then
+      -- in flight when a worker died, or cut off by a suspension: run it again, same key
+      update quickjs.calls set status = 'started', mode = 'inline', attempts = attempts + 1,
+        started_at = p_now
+      where run_id = r.id and seq = p_seq returning * into c;
+    end if;
+    return quickjs.call_json(c) || '{"replayed": false}';
+  end if;
+  if found then
+    -- the task took another path than before the crash: this is a different call
+    delete from quickjs.calls where run_id = r.id and seq = p_seq;
+    perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
+      'level', 'system', 'at', extract(epoch from p_now) * 1000, 'message', format(
+        'call %s is now %s.%s; the journal had %s.%s from an earlier attempt', p_seq, p_service,
+        array_to_string(p_method_path, '.'), c.service, array_to_string(c.method_path, '.')))));
+  end if;
+  insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status, attempts,
+                             idempotency_key, wake_at, created_at, started_at)
+  values (r.id, p_seq, p_service, p_method_path, p_args, p_mode,
+          case when p_mode = 'inline' then 'started' else 'pending' end::quickjs.call_status,
+          case when p_mode = 'inline' then 1 else 0 end,
+          r.id || ':' || p_seq, p_wake_at, p_now,
+          case when p_mode = 'inline' then p_now end)
+  returning * into c;
+  return quickjs.call_json(c) || '{"replayed": false}';
+end $$;
+comment on function quickjs.record_call is
+  'Journals a host call before it runs. A settled call comes back with replayed = true and is '
+  'not executed again; an unsettled one is (re)started with the same idempotency key.';
+
+create function quickjs.settle_call(
+  p_run_id uuid, p_token bigint, p_seq int, p_ok boolean, p_result jsonb default null,
+  p_error jsonb default null, p_logs jsonb default '[]', p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  update quickjs.calls set
+    status = case when p_ok then 'succeeded' else 'failed' end::quickjs.call_status,
+    result = case when p_ok then coalesce(p_result, 'null') end,
+    error = case when p_ok then null else p_error end,
+    completed_at = p_now
+  where run_id = r.id and seq = p_seq and status not in ('succeeded', 'failed')
+  returning * into c;
+  if not found then
+    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+    if not found then
+      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
+    end if;
+  end if;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  return quickjs.call_json(c);
+end $$;
+comment on function quickjs.settle_call is 'Records a call''s outcome (once; later settles keep the first).';
+
+create function quickjs.append_run_logs(p_run_id uuid, p_token bigint, p_logs jsonb)
+returns void language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+begin
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+end $$;
+
+create function quickjs.start_child(
+  p_run_id uuid, p_token bigint, p_seq int, p_task text, p_input jsonb,
+  p_max_depth int default 16, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+  t quickjs.tasks;
+  child quickjs.runs;
+  v_args jsonb := jsonb_build_array(p_task, coalesce(p_input, 'null'));
+  v_error jsonb;
+begin
+  select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+  if found and c.service = 'tasks' and c.method_path = '{execute}' and c.args = v_args then
+    return quickjs.call_json(c) || jsonb_build_object('replayed', c.status in ('succeeded', 'failed'));
+  elsif found then
+    delete from quickjs.calls where run_id = r.id and seq = p_seq;
+  end if;
+  select * into t from quickjs.tasks where name = p_task and latest_version > 0;
+  if not found then
+    v_error := jsonb_build_object('code', 'TASK_NOT_FOUND', 'name', 'TaskNotFound',
+      'message', format('task %s does not exist', p_task));
+  elsif r.depth + 1 > p_max_depth then
+    v_error := jsonb_build_object('code', 'CHILD_DEPTH_EXCEEDED', 'name', 'ChildDepthExceeded',
+      'message', format('child runs may nest %s deep', p_max_depth));
+  end if;
+  if v_error is not null then
+    insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status, error,
+                               idempotency_key, created_at, completed_at)
+    values (r.id, p_seq, 'tasks', '{execute}', v_args, 'durable', 'failed', v_error,
+            r.id || ':' || p_seq, p_now, p_now)
+    returning * into c;
+    return quickjs.call_json(c) || '{"replayed": false}';
+  end if;
+  insert into quickjs.runs (task_id, task_name, input, parent_run_id, parent_call_seq, depth,
+                            owner_id, idempotency_key, run_at, created_at, updated_at)
+  values (t.id, t.name, coalesce(p_input, 'null'), r.id, p_seq, r.depth + 1, r.owner_id,
+          'child-of:' || r.id || ':' || p_seq || ':' || md5(v_args::text), p_now, p_now, p_now)
+  on conflict (task_id, idempotency_key) do update set updated_at = excluded.updated_at
+  returning * into child;
+  insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status,
+                             idempotency_key, child_run_id, created_at)
+  values (r.id, p_seq, 'tasks', '{execute}', v_args, 'durable', 'pending',
+          r.id || ':' || p_seq, child.id, p_now)
+  returning * into c;
+  -- a child that already ended (a retry after a crash) settles the call at once
+  if child.status in ('completed', 'failed', 'cancelled') then
+    perform quickjs.settle_from_child(child, p_now);
+    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+  end if;
+  return quickjs.call_json(c) || '{"replayed": false}';
+end $$;
+comment on function quickjs.start_child is
+  'tools.tasks.execute: journals the call and enqueues the child run in one transaction.';
+
+-- Settles the parent's call with a finished child's outcome (the parent row must be locked).
+create function quickjs.settle_from_child(child quickjs.runs, p_now timestamptz)
+returns void language sql as $$
+  update quickjs.calls set
+    status = case when child.status = 'completed' then 'succeeded' else 'failed' end::quickjs.call_status,
+    result = case when child.status = 'completed' then coalesce(child.result, 'null') end,
+    error = case when child.status = 'completed' then null
+      when child.status = 'cancelled' then jsonb_build_object('code', 'CHILD_CANCELLED',
+        'name', 'ChildRunCancelled', 'message', format('child run %s (%s) was cancelled', child.id, child.task_name),
+        'data', jsonb_build_object('runId', child.id))
+      else jsonb_build_object('code', coalesce(child.error ->> 'code', 'CHILD_FAILED'),
+        'name', coalesce(child.error ->> 'name', 'Error'),
+        'message', coalesce(child.error ->> 'message', 'the child run failed'),
+        'data', jsonb_build_object('runId', child.id, 'error', child.error)) end,
+    completed_at = p_now
+  where run_id = child.parent_run_id and seq = child.parent_call_seq
+    and status not in ('succeeded', 'failed')
+$$;
+
+-- A child ended: settle the parent's call and wake the parent if it sleeps.
+create function quickjs.notify_parent(child quickjs.runs, p_now timestamptz)
+returns void language plpgsql as $$
+declare
+  parent quickjs.runs;
+begin
+  if child.parent_run_id is null then
+    return;
+  end if;
+  select * into parent from quickjs.runs where id = child.parent_run_id for update;
+  if not found then
+    return;
+  end if;
+  perform quickjs.settle_from_child(child, p_now);
+  if parent.status = 'suspended' then
+    update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
+    where id = parent.id;
+  end if;
+end $$;
+
+create function quickjs.suspend_run(
+  p_run_id uuid, p_token bigint, p_snapshot text, p_header jsonb, p_wake_at timestamptz,
+  p_waiting_on jsonb, p_logs jsonb default '[]', p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  v_parked int[] := array(select jsonb_array_elements_text(p_header -> 'parkedCalls')::int);
+  v_bytes bytea := decode(p_snapshot, 'base64');
+  v_ready boolean;
+begin
+  if cardinality(v_parked) = 0 then
+    perform quickjs.raise_error('NOT_PARKED', 'a snapshot must list the calls the VM is parked on');
+  end if;
+  insert into quickjs.snapshots (run_id, header, format, variant, package_version, wasm_sha256,
+    parked_calls, last_call_id, size_bytes, bytes, created_at)
+  values (r.id, p_header, (p_header ->> 'format')::int, p_header ->> 'variant',
+    p_header ->> 'packageVersion', p_header ->> 'wasmSha256', v_parked,
+    (p_header ->> 'lastCallId')::int, length(v_bytes), v_bytes, p_now)
+  on conflict (run_id) do update set header = excluded.header, format = excluded.format,
+    variant = excluded.variant, package_version = excluded.package_version,
+    wasm_sha256 = excluded.wasm_sha256, parked_calls = excluded.parked_calls,
+    last_call_id = excluded.last_call_id, size_bytes = excluded.size_bytes,
+    bytes = excluded.bytes, created_at = excluded.created_at;
+  -- a call that settled while the run was running (a child that ended meanwhile) or a wake
+  -- time already passed: continue at once instead of sleeping
+  v_ready := (p_wake_at is not null and p_wake_at <= p_now) or exists (
+    select 1 from quickjs.calls where run_id = r.id and seq = any (v_parked)
+      and status in ('succeeded', 'failed'));
+  if not v_ready and p_wake_at is null and not (p_waiting_on ? 'children') then
+    perform quickjs.raise_error('NOT_WAKEABLE',
+      'a run may only suspend with a wake time or a child run to wait for');
+  end if;
+  update quickjs.runs set
+    status = case when v_ready then 'queued' else 'suspended' end::quickjs.run_status,
+    run_at = case when v_ready then p_now else run_at end,
+    wake_at = case when v_ready then null else p_wake_at end,
+    waiting_on = p_waiting_on, suspensions = suspensions + 1,
+    lease_owner = null, lease_expires_at = null, updated_at = p_now
+  where id = r.id returning * into r;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  return quickjs.run_json(r);
+end $$;
+comment on function quickjs.suspend_run is
+  'Stores the VM snapshot and parks the run until wake_at or a child run ends; queues it at once '
+  'if what it waits for already happened.';
+
+create function quickjs.complete_run(
+  p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
+  p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+begin
+  update quickjs.runs set status = 'completed', result = coalesce(p_result, 'null'), error = null,
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    finished_at = p_now, updated_at = p_now
+  where id = r.id returning * into r;
+  delete from quickjs.snapshots where run_id = r.id;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  perform quickjs.notify_parent(r, p_now);
+  return quickjs.run_json(r);
+end $$;
+comment on function quickjs.complete_run is 'Final: stores the result, drops the snapshot, wakes the parent.';
+
+create function quickjs.fail_run(
+  p_run_id uuid, p_token bigint, p_error jsonb, p_logs jsonb default '[]',
+  p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+begin
+  update quickjs.runs set status = 'failed', error = p_error, result = null,
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    finished_at = p_now, updated_at = p_now
+  where id = r.id returning * into r;
+  delete from quickjs.snapshots where run_id = r.id;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  perform quickjs.notify_parent(r, p_now);
+  return quickjs.run_json(r);
+end $$;
+comment on function quickjs.fail_run is 'Final: stores the error, drops the snapshot, wakes the parent.';
+
+create function quickjs.cancel_run(
+  p_run_id uuid, p_reason text default null, p_owner_id uuid default null,
+  p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs;
+  child_id uuid;
+begin
+  select * into r from quickjs.runs where id = p_run_id for update;
+  if not found or (p_owner_id is not null and r.owner_id is distinct from p_owner_id) then
+    perform quickjs.raise_error('RUN_NOT_FOUND', format('run %s does not exist', p_run_id), 'QJ404');
+  end if;
+  if r.status in ('completed', 'failed', 'cancelled') then
+    return quickjs.run_json(r) || '{"cancelled": false}';
+  end if;
+  update quickjs.runs set status = 'cancelled', result = null,
+    error = jsonb_build_object('code', 'CANCELLED', 'name', 'Cancelled',
+      'message', coalesce(p_reason, 'the run was cancelled')),
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    finished_at = p_now, updated_at = p_now
+  where id = r.id returning * into r;
+  delete from quickjs.snapshots where run_id = r.id;
+  for child_id in
+    select id from quickjs.runs where parent_run_id = r.id
+      and status not in ('completed', 'failed', 'cancelled')
+  loop
+    perform quickjs.cancel_run(child_id, 'the parent run was cancelled', null, p_now);
+  end loop;
+  perform quickjs.notify_parent(r, p_now);
+  return quickjs.run_json(r) || '{"cancelled": true}';
+end $$;
+comment on function quickjs.cancel_run is
+  'Final: cancels a run and its unfinished children. A worker still running it is refused at its '
+  'next transition.';
+
+create function quickjs.get_run(
+  p_run_id uuid, p_owner_id uuid default null, p_log_limit int default 1000)
+returns jsonb language sql stable as $$
+  select quickjs.run_json(r) || jsonb_build_object('logs', coalesce((
+    select jsonb_agg(jsonb_build_object('level', l.level, 'message', l.message,
+      'at', l.logged_at, 'attempt', l.attempt) order by l.id)
+    from (select * from quickjs.run_logs where run_id = r.id order by id limit p_log_limit) l), '[]'))
+  from quickjs.runs r
+  where r.id = p_run_id and (p_owner_id is null or r.owner_id = p_owner_id)
+$$;
+comment on function quickjs.get_run is 'A run with its logs, or null (also when it is not p_owner_id''s).';
+
+create function quickjs.list_calls(p_run_id uuid) returns jsonb language sql stable as $$
+  select coalesce(jsonb_agg(quickjs.call_json(c) order by c.seq), '[]')
+  from quickjs.calls c where c.run_id = p_run_id
+$$;
+
+create function quickjs.get_snapshot(p_run_id uuid) returns jsonb language sql stable as $$
+  select jsonb_build_object('runId', s.run_id, 'header', s.header, 'sizeBytes', s.size_bytes,
+    'createdAt', s.created_at, 'bytes', encode(s.bytes, 'base64'))
+  from quickjs.snapshots s where s.run_id = p_run_id
+$$;
+
+-- Runs that need an operator: what "stuck" means is spelled out here, in one place.
+create function quickjs.find_stuck_runs(p_now timestamptz default now())
+returns jsonb language sql stable as $$
+  select coalesce(jsonb_agg(x order by x ->> 'since'), '[]') from (
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'lease expired', 'since', r.lease_expires_at) as x
+      from quickjs.runs r where r.status = 'running' and r.lease_expires_at < p_now
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended without a snapshot', 'since', r.updated_at)
+      from quickjs.runs r where r.status = 'suspended'
+        and not exists (select 1 from quickjs.snapshots s where s.run_id = r.id)
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'waiting for children that ended', 'since', r.updated_at)
+      from quickjs.runs r where r.status = 'suspended' and r.wake_at is null
+        and not exists (select 1 from quickjs.runs c where c.parent_run_id = r.id
+          and c.status not in ('completed', 'failed', 'cancelled'))
+        and not exists (select 1 from quickjs.calls k where k.run_id = r.id and k.status in ('succeeded', 'failed')
+          and k.seq = any ((select parked_calls from quickjs.snapshots s where s.run_id = r.id)::int[]))
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'due but not picked up for 10 minutes', 'since', coalesce(r.wake_at, r.run_at))
+      from quickjs.runs r where (r.status = 'queued' and r.run_at < p_now - interval '10 minutes')
+         or (r.status = 'suspended' and r.wake_at < p_now - interval '10 minutes')
+  ) q
+$$;
+comment on function quickjs.find_stuck_runs is 'Runs in a state that should not last; scripts/diagnose-vm-state.ts lists them.';
+
+-- ---- kv and services -------------------------------------------------------------------
+
+create function quickjs.kv_get(p_key text) returns jsonb language sql stable as $$
+  select coalesce(
+    (select jsonb_build_object('found', true, 'value', value, 'secret', secret)
+     from quickjs.kv where key = p_key),
+    '{"found": false}')
+$$;
+
+create function quickjs.kv_set(p_key text, p_value jsonb, p_secret boolean default false)
+returns void language sql as $$
+  insert into quickjs.kv (key, value, secret) values (p_key, coalesce(p_value, 'null'), p_secret)
+  on conflict (key) do update set value = excluded.value, secret = excluded.secret, updated_at = now()
+$$;
+
+create function quickjs.kv_delete(p_key text) returns boolean language plpgsql as $$
+begin
+  delete from quickjs.kv where key = p_key;
+  return found;
+end $$;
+
+create function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
+  select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms)
+  from quickjs.services where name = p_name
+$$;
+
+-- ---- waking and dispatch -----------------------------------------------------------------
+
+-- Tells whoever runs work that a run is ready: NOTIFY for the worker (default), or an HTTP
+-- POST to the edge function through pg_net (next migration), or nothing.
+create function quickjs.dispatch(p_run_id uuid) returns void language plpgsql as $$
+declare
+  v_mode text := coalesce((select value from quickjs.settings where key = 'dispatch'), 'notify');
+begin
+  if v_mode = 'notify' then
+    perform pg_notify('quickjs_runs', p_run_id::text);
+  elsif v_mode = 'pg_net' and to_regproc('quickjs.dispatch_http') is not null then
+    execute 'select quickjs.dispatch_http($1)' using p_run_id;
+  end if;
+end $$;
+comment on function quickjs.dispatch is 'Announces a ready run: pg_notify(quickjs_runs), or pg_net when configured.';
+
+create function quickjs.runs_dispatch() returns trigger language plpgsql as $$
+begin
+  if new.status = 'queued' and new.run_at <= now()
+     and (tg_op = 'INSERT' or old.status is distinct from new.status) then
+    perform quickjs.dispatch(new.id);
+  end if;
+  return null;
+end $$;
+create trigger runs_dispatch after insert or update of status on quickjs.runs
+  for each row execute function quickjs.runs_dispatch();
+
+create function quickjs.tick(p_now timestamptz default now()) returns jsonb language plpgsql as $$
+declare
+  v_requeued int := quickjs.requeue_expired_leases(p_now);
+  v_woken int;
+begin
+  with due as (
+    update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
+    where status = 'suspended' and wake_at <= p_now
+    returning 1
+  )
+  select count(*) into v_woken from due;
+  -- queued runs whose dispatch was lost (worker down, pg_net failure) are announced again
+  perform quickjs.dispatch(id) from quickjs.runs
+  where status = 'queued' and run_at <= p_now - interval '1 minute' limit 100;
+  return jsonb_build_object('requeued', v_requeued, 'woken', v_woken);
+end $$;
+comment on function quickjs.tick is
+  'pg_cron calls this every minute: requeues runs whose worker vanished, wakes sleepers that are due.';
+
+-- ---- row level security ---------------------------------------------------------------------
+-- Enabled on every table; with no policy, only the table owner and roles that bypass RLS
+-- (Supabase's service_role, postgres) see rows. Policies for Supabase roles come next.
+
+alter table quickjs.tasks enable row level security;
+alter table quickjs.task_versions enable row level security;
+alter table quickjs.runs enable row level security;
+alter table quickjs.calls enable row level security;
+alter table quickjs.snapshots enable row level security;
+alter table quickjs.run_logs enable row level security;
+alter table quickjs.kv enable row level security;
+alter table quickjs.services enable row level security;
+alter table quickjs.settings enable row level security;
