@@ -49,6 +49,8 @@ export interface SnapshotHeader {
   codec: "gzip";
   /** Host calls the task was parked on, in call order. */
   parkedCalls: number[];
+  /** The task's last call id: calls up to it are in the VM, settled or parked. */
+  lastCallId: number;
   limits: SandboxLimits;
   createdAt: string;
 }
@@ -99,6 +101,7 @@ export async function takeSnapshot(vm: TaskVm): Promise<Snapshot> {
     bodyBytes: body.length,
     codec: "gzip",
     parkedCalls: state.calls,
+    lastCallId: vm.lastCallId,
     limits: vm.limits,
     createdAt: new Date().toISOString(),
   };

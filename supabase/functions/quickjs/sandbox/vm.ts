@@ -232,6 +232,11 @@ export class TaskVm {
     return this.#limits;
   }
 
+  /** Id of the latest host call the task made (0 before the first). */
+  get lastCallId(): number {
+    return this.#lastCallId;
+  }
+
   get started(): boolean {
     return this.#started;
   }
@@ -371,6 +376,11 @@ export class TaskVm {
       default:
         return { kind: "parked", calls: status.pending };
     }
+  }
+
+  /** True when the task made calls that were not taken yet. */
+  get hasNewCalls(): boolean {
+    return this.#newCalls.length > 0;
   }
 
   /** Calls the task made since the last take, in call order. */

@@ -1,0 +1,66 @@
+/** Time as the engine sees it: the wall clock, or a fake one tests move by hand. */
+
+export interface Clock {
+  now(): Date;
+  /** Resolves after `ms` of this clock's time, or rejects when the signal aborts. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+export const systemClock: Clock = {
+  now: () => new Date(),
+  sleep: (ms, signal) =>
+    new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const timer = setTimeout(() => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      }, Math.max(0, ms));
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(signal!.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+    }),
+};
+
+/** A clock that only moves when told to; sleeps resolve as it passes their deadline. */
+export class FakeClock implements Clock {
+  #now: number;
+  #sleepers: { until: number; resolve: () => void }[] = [];
+
+  constructor(start: Date | string = "2026-01-01T00:00:00Z") {
+    this.#now = new Date(start).getTime();
+  }
+
+  now(): Date {
+    return new Date(this.#now);
+  }
+
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const sleeper = { until: this.#now + Math.max(0, ms), resolve };
+      this.#sleepers.push(sleeper);
+      signal?.addEventListener("abort", () => {
+        this.#sleepers = this.#sleepers.filter((s) => s !== sleeper);
+        reject(signal.reason);
+      }, { once: true });
+      if (ms <= 0) this.advance(0);
+    });
+  }
+
+  /** Moves time forward and wakes the sleepers that are due, earliest first. */
+  advance(ms: number): void {
+    this.#now += ms;
+    const due = this.#sleepers.filter((s) => s.until <= this.#now).sort((a, b) =>
+      a.until - b.until
+    );
+    this.#sleepers = this.#sleepers.filter((s) => s.until > this.#now);
+    for (const sleeper of due) sleeper.resolve();
+  }
+
+  /** The number of sleeps waiting. */
+  get sleepers(): number {
+    return this.#sleepers.length;
+  }
+}

@@ -1,0 +1,282 @@
+/**
+ * What a host call means. The registry turns each call the task makes into a plan the run
+ * loop carries out: a sleep, a checkpoint, a child run, a function to invoke (built-in kv
+ * and http, in-process tools, or a registered external service), or an immediate failure.
+ */
+import type { HostCall, Json } from "../sandbox/vm.ts";
+import type { Store } from "../store/store.ts";
+import { MAX_SLEEP_MS, parseDuration } from "./durations.ts";
+import { httpFetch, type HttpToolOptions } from "./http_tool.ts";
+import { type CallError, toCallError, ToolError } from "./tool_errors.ts";
+
+/** What an invoked tool learns about the call. */
+export interface ToolCallContext {
+  runId: string;
+  seq: number;
+  /** Same for every attempt of this call: pass it on to make retries safe. */
+  idempotencyKey: string;
+  attempt: number;
+  signal: AbortSignal;
+}
+
+/** An in-process tool: `tools.<name>.<method...>(...args)`. */
+export type CustomTool = (
+  method: string[],
+  args: Json[],
+  context: ToolCallContext,
+) => Promise<Json | undefined> | Json | undefined;
+
+export type ToolPlan =
+  | { kind: "sleep"; wakeAt: Date }
+  | { kind: "checkpoint" }
+  | { kind: "child"; task: string; input: Json }
+  | {
+    kind: "invoke";
+    /** Longest the call may take; a call that cannot finish in the invocation is deferred. */
+    timeoutMs: number;
+    /** The result must not be journaled or logged (a secret from kv). */
+    secret?: (result: Json | undefined) => boolean;
+    invoke: (context: ToolCallContext) => Promise<Json | undefined>;
+  }
+  | { kind: "reject"; error: CallError };
+
+export interface ToolsOptions {
+  http?: HttpToolOptions;
+  /** fetch for registered services (tests pass one that reaches a local server). */
+  serviceFetch?: typeof fetch;
+  /** In-process tools by service name. */
+  custom?: Record<string, CustomTool>;
+  /** Default timeout of in-process tools. */
+  customTimeoutMs?: number;
+}
+
+/** Services that are part of the language, not tools: always allowed. */
+const ALWAYS_ALLOWED = new Set(["sleep", "checkpoint"]);
+const BUILT_INS = ["sleep", "checkpoint", "tasks", "kv", "http"];
+
+export class ToolRegistry {
+  #services = new Map<string, { at: number; service: ServiceInfo | null }>();
+
+  constructor(private readonly store: Store, private readonly options: ToolsOptions = {}) {}
+
+  async plan(call: HostCall, allowedTools: string[] | null, now: Date): Promise<ToolPlan> {
+    try {
+      if (
+        allowedTools && !ALWAYS_ALLOWED.has(call.service) && !allowedTools.includes(call.service)
+      ) {
+        throw new ToolError(
+          "TOOL_NOT_ALLOWED",
+          `this task may not call tools.${call.service} (allowed: ${
+            allowedTools.join(", ") || "none"
+          })`,
+        );
+      }
+      return await this.#plan(call, now);
+    } catch (e) {
+      return { kind: "reject", error: toCallError(e) };
+    }
+  }
+
+  async #plan(call: HostCall, now: Date): Promise<ToolPlan> {
+    const method = call.path.join(".");
+    const args = call.args;
+    switch (call.service) {
+      case "sleep":
+        return { kind: "sleep", wakeAt: sleepTarget(call, now) };
+      case "checkpoint":
+        return { kind: "checkpoint" };
+      case "tasks": {
+        if (method !== "execute") throw unknownMethod("tasks", method, ["execute"]);
+        const [task, input] = args;
+        if (typeof task !== "string" || task === "") {
+          throw new ToolError(
+            "BAD_ARGUMENTS",
+            "tasks.execute(name, input): name must be a task name",
+          );
+        }
+        return { kind: "child", task, input: input ?? null };
+      }
+      case "kv":
+        return this.#kv(method, args);
+      case "http": {
+        if (method !== "fetch") throw unknownMethod("http", method, ["fetch"]);
+        const http = this.options.http ?? { allow: [] };
+        return {
+          kind: "invoke",
+          timeoutMs: http.timeoutMs ?? 30_000,
+          invoke: (context) => httpFetch(args, http, context.signal),
+        };
+      }
+    }
+    const custom = this.options.custom?.[call.service];
+    if (custom) {
+      return {
+        kind: "invoke",
+        timeoutMs: this.options.customTimeoutMs ?? 30_000,
+        invoke: async (context) => await custom(call.path, args, context),
+      };
+    }
+    const service = await this.#service(call.service);
+    if (!service) {
+      throw new ToolError(
+        "TOOL_NOT_FOUND",
+        `no tool or service named "${call.service}": the built-ins are ${BUILT_INS.join(", ")}; ` +
+          "register external services in quickjs.services",
+      );
+    }
+    return {
+      kind: "invoke",
+      timeoutMs: service.timeoutMs,
+      invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
+    };
+  }
+
+  #kv(method: string, args: Json[]): ToolPlan {
+    const key = args[0];
+    if (typeof key !== "string" || key === "") {
+      throw new ToolError(
+        "BAD_ARGUMENTS",
+        `kv.${method}(key, ...): key must be a non-empty string`,
+      );
+    }
+    const store = this.store;
+    switch (method) {
+      case "get": {
+        let secret = false;
+        return {
+          kind: "invoke",
+          timeoutMs: 10_000,
+          secret: () => secret,
+          invoke: async () => {
+            const entry = await store.kvGet(key);
+            secret = entry.secret === true;
+            return entry.found ? entry.value ?? null : null;
+          },
+        };
+      }
+      case "set": {
+        const options = (args[2] ?? {}) as { secret?: unknown };
+        return {
+          kind: "invoke",
+          timeoutMs: 10_000,
+          invoke: async () => {
+            await store.kvSet(key, args[1] ?? null, options.secret === true);
+            return null;
+          },
+        };
+      }
+      case "delete":
+        return { kind: "invoke", timeoutMs: 10_000, invoke: () => store.kvDelete(key) };
+      default:
+        throw unknownMethod("kv", method, ["get", "set", "delete"]);
+    }
+  }
+
+  async #service(name: string): Promise<ServiceInfo | null> {
+    // Registered services change rarely; look each up at most once a minute.
+    const cached = this.#services.get(name);
+    if (cached && performance.now() - cached.at < 60_000) return cached.service;
+    const service = await this.store.getService(name);
+    this.#services.set(name, { at: performance.now(), service });
+    return service;
+  }
+}
+
+interface ServiceInfo {
+  name: string;
+  url: string;
+  headers: Record<string, string>;
+  timeoutMs: number;
+}
+
+function sleepTarget(call: HostCall, now: Date): Date {
+  if (call.path.length === 0) {
+    try {
+      return new Date(now.getTime() + parseDuration(call.args[0]));
+    } catch (e) {
+      throw new ToolError("BAD_ARGUMENTS", `sleep: ${(e as Error).message}`);
+    }
+  }
+  if (call.path.length === 1 && call.path[0] === "until") {
+    const at = new Date(String(call.args[0]));
+    if (Number.isNaN(at.getTime())) throw new ToolError("BAD_ARGUMENTS", "sleepUntil: not a date");
+    if (at.getTime() - now.getTime() > MAX_SLEEP_MS) {
+      throw new ToolError("BAD_ARGUMENTS", "sleepUntil: a sleep may last ten years at most");
+    }
+    return at;
+  }
+  throw unknownMethod("sleep", call.path.join("."), ["(duration)", "until"]);
+}
+
+function unknownMethod(service: string, method: string, known: string[]): ToolError {
+  return new ToolError(
+    "TOOL_NOT_FOUND",
+    `tools.${service} has no method "${method}" (it has ${known.join(", ")})`,
+  );
+}
+
+/**
+ * A registered service: POST <url> with {method, args, runId, seq, attempt} and an
+ * Idempotency-Key header. A 2xx reply's JSON (its `result` if it has one) is the value; any
+ * other reply fails the call with the body's {error: {code, message}} if it has one.
+ */
+async function callService(
+  service: ServiceInfo,
+  method: string,
+  args: Json[],
+  context: ToolCallContext,
+  fetchImpl: typeof fetch = fetch,
+): Promise<Json> {
+  const timeout = AbortSignal.timeout(service.timeoutMs);
+  let response: Response;
+  try {
+    response = await fetchImpl(service.url, {
+      method: "POST",
+      headers: {
+        ...service.headers,
+        "content-type": "application/json",
+        "idempotency-key": context.idempotencyKey,
+        "x-quickjs-run-id": context.runId,
+        "x-quickjs-call-seq": String(context.seq),
+      },
+      body: JSON.stringify({
+        method,
+        args,
+        runId: context.runId,
+        seq: context.seq,
+        attempt: context.attempt,
+        idempotencyKey: context.idempotencyKey,
+      }),
+      signal: AbortSignal.any([context.signal, timeout]),
+    });
+  } catch (e) {
+    if (timeout.aborted) {
+      throw new ToolError(
+        "SERVICE_TIMEOUT",
+        `${service.name}.${method}: no reply within ${service.timeoutMs} ms`,
+      );
+    }
+    throw new ToolError("SERVICE_ERROR", `${service.name}.${method}: ${(e as Error).message}`);
+  }
+  const text = await response.text();
+  let body: unknown = null;
+  try {
+    body = text ? JSON.parse(text) : null;
+  } catch {
+    body = text;
+  }
+  if (!response.ok) {
+    const error = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+    throw new ToolError(
+      typeof error?.code === "string" ? error.code : "SERVICE_ERROR",
+      typeof error?.message === "string"
+        ? error.message
+        : `${service.name}.${method}: HTTP ${response.status}`,
+      { status: response.status },
+    );
+  }
+  if (body && typeof body === "object" && !Array.isArray(body) && "result" in body) {
+    return (body as { result: Json }).result;
+  }
+  return body as Json;
+}

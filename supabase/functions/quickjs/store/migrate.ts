@@ -1,0 +1,58 @@
+/**
+ * Applies supabase/migrations/*.sql in order, recording each in
+ * supabase_migrations.schema_migrations (the table the Supabase CLI keeps), so a database
+ * set up here and one set up by `supabase db push` agree on what has been applied.
+ * Used by the demo, the local runner, the worker and the tests; the deployed function
+ * never migrates.
+ */
+
+export const MIGRATIONS_DIR = new URL("../../../migrations/", import.meta.url);
+
+/** Runs SQL text (several statements) or a query with parameters. */
+export interface SqlExecutor {
+  exec(sql: string): Promise<void>;
+  query(sql: string, params: string[]): Promise<{ rows: Record<string, unknown>[] }>;
+}
+
+export interface Migration {
+  version: string;
+  name: string;
+  sql: string;
+}
+
+export async function readMigrations(dir: URL = MIGRATIONS_DIR): Promise<Migration[]> {
+  const files: string[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.isFile && /^\d{14}_.+\.sql$/.test(entry.name)) files.push(entry.name);
+  }
+  files.sort();
+  return await Promise.all(files.map(async (file) => ({
+    version: file.slice(0, 14),
+    name: file.slice(15, -4),
+    sql: await Deno.readTextFile(new URL(file, dir)),
+  })));
+}
+
+/** Applies the migrations not applied yet; returns the versions it applied. */
+export async function migrate(db: SqlExecutor, dir?: URL): Promise<string[]> {
+  await db.exec(`
+    create schema if not exists supabase_migrations;
+    create table if not exists supabase_migrations.schema_migrations (
+      version text primary key, statements text[], name text);`);
+  const applied = new Set(
+    (await db.query("select version from supabase_migrations.schema_migrations", [])).rows.map((
+      r,
+    ) => String(r.version)),
+  );
+  const done: string[] = [];
+  for (const migration of await readMigrations(dir)) {
+    if (applied.has(migration.version)) continue;
+    await db.exec(`begin;\n${migration.sql}\n;commit;`);
+    await db.query(
+      "insert into supabase_migrations.schema_migrations (version, name) values ($1, $2)",
+      [migration.version, migration.name],
+    );
+    done.push(migration.version);
+  }
+  return done;
+}

@@ -1,0 +1,30 @@
+/**
+ * Store driver over PGlite: real Postgres compiled to wasm, in memory or in a data
+ * directory. The embedded default for the demo, the local runner and tests without a
+ * server. One connection; PGlite runs one query at a time.
+ */
+import { PGlite } from "@electric-sql/pglite";
+import { type Operation, type OperationArgs, sqlCall } from "./operations.ts";
+import type { SqlDriver } from "./store.ts";
+
+export interface PgliteDriver extends SqlDriver {
+  readonly db: PGlite;
+}
+
+export async function pgliteDriver(options: { dataDir?: string } = {}): Promise<PgliteDriver> {
+  const db = options.dataDir ? await PGlite.create(options.dataDir) : await PGlite.create();
+  return {
+    kind: "pglite",
+    description: options.dataDir ? `data directory ${options.dataDir}` : "in memory",
+    db,
+    async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
+      const { text, params } = sqlCall(op, args);
+      const result = await db.query<{ result: unknown }>(text, params);
+      return result.rows[0]?.result ?? null;
+    },
+    async listen(channel, onNotify) {
+      return await db.listen(channel, onNotify);
+    },
+    close: () => db.close(),
+  };
+}

@@ -1,0 +1,37 @@
+/** Store driver over postgres.js: SUPABASE_DB_URL or DATABASE_URL, or any connection string. */
+import postgres from "postgres";
+import { type Operation, type OperationArgs, sqlCall } from "./operations.ts";
+import type { SqlDriver } from "./store.ts";
+
+export function postgresDriver(url: string, options: { max?: number } = {}): SqlDriver {
+  const sql = postgres(url, {
+    max: options.max ?? 4,
+    onnotice: () => {},
+    connection: { application_name: "quickjs" },
+  });
+  return {
+    kind: "postgres",
+    description: redactUrl(url),
+    async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
+      const { text, params } = sqlCall(op, args);
+      const rows = await sql.unsafe(text, params);
+      return rows[0]?.result ?? null;
+    },
+    async listen(channel, onNotify) {
+      const listener = await sql.listen(channel, onNotify);
+      return () => listener.unlisten();
+    },
+    close: () => sql.end({ timeout: 5 }),
+  };
+}
+
+/** The URL without its password, for logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable url)";
+  }
+}

@@ -1,0 +1,399 @@
+/**
+ * The engine's only way to the database: one typed method per SQL operation, over a
+ * driver that knows how to call a function (postgres.js, PGlite or supabase-js).
+ */
+import { Buffer } from "node:buffer";
+import type { Operation, OperationArgs } from "./operations.ts";
+import type { RunError } from "../sandbox/errors.ts";
+import type { Json } from "../sandbox/vm.ts";
+import type { SnapshotHeader } from "../sandbox/snapshot.ts";
+import type { CallStatus, RunStatus } from "../engine/states.ts";
+
+/** Calls one SQL function. Implementations: postgres.ts, pglite.ts, supabase.ts. */
+export interface SqlDriver {
+  /** "postgres", "pglite" or "supabase", and where it points, for logs and test output. */
+  readonly kind: "postgres" | "pglite" | "supabase";
+  readonly description: string;
+  call<Op extends Operation>(op: Op, args: OperationArgs<Op>): Promise<unknown>;
+  /** Runs `onNotify(payload)` for each NOTIFY on the channel, if the driver can listen. */
+  listen?(channel: string, onNotify: (payload: string) => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+/** A database error with a stable code (the HINT of errors raised by quickjs.raise_error). */
+export class StoreError extends Error {
+  override name = "StoreError";
+  constructor(
+    readonly code: string,
+    message: string,
+    /** 404, 409, 400 for the QJ4xx SQLSTATEs; 500 for anything else. */
+    readonly status: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  /** Maps a driver's error ({ code: SQLSTATE, hint, message }) to a StoreError. */
+  static from(e: unknown): StoreError {
+    if (e instanceof StoreError) return e;
+    const err = (e ?? {}) as { code?: unknown; hint?: unknown; message?: unknown };
+    const sqlstate = typeof err.code === "string" ? err.code : "";
+    const message = typeof err.message === "string" ? err.message : String(e);
+    if (/^QJ\d{3}$/.test(sqlstate)) {
+      const code = typeof err.hint === "string" && err.hint ? err.hint : "DATABASE_ERROR";
+      return new StoreError(code, message, Number(sqlstate.slice(2)), { cause: e });
+    }
+    return new StoreError("DATABASE_ERROR", message, 500, { cause: e });
+  }
+}
+
+export interface LogLine {
+  level: string;
+  message: string;
+  /** ms since the epoch (writes) or an ISO timestamp (reads). */
+  at: number | string;
+  attempt?: number;
+}
+
+/** A run as the API shows it. */
+export interface RunView {
+  id: string;
+  task: string;
+  taskId: string;
+  taskVersion: number;
+  status: RunStatus;
+  input: Json;
+  result?: Json;
+  error?: RunError;
+  attempts: number;
+  suspensions: number;
+  wakeAt?: string;
+  waitingOn?: WaitingOn;
+  parentRunId?: string;
+  parentCallSeq?: number;
+  ownerId?: string;
+  idempotencyKey?: string;
+  leaseOwner?: string;
+  leaseExpiresAt?: string;
+  createdAt: string;
+  updatedAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  logs?: LogLine[];
+  /** enqueue: false when an idempotency key returned an existing run. */
+  created?: boolean;
+  /** cancel: false when the run had already ended. */
+  cancelled?: boolean;
+}
+
+export interface WaitingOn {
+  calls: number[];
+  children?: string[];
+  wakeAt?: string;
+}
+
+export interface CallRecord {
+  seq: number;
+  service: string;
+  path: string[];
+  args: Json[];
+  mode: "inline" | "durable";
+  status: CallStatus;
+  result?: Json;
+  error?: RunError & { data?: Json };
+  attempts: number;
+  idempotencyKey: string;
+  wakeAt?: string;
+  childRunId?: string;
+  createdAt: string;
+  startedAt?: string;
+  completedAt?: string;
+  /** record_call: true when the call had settled before and is delivered from the journal. */
+  replayed?: boolean;
+}
+
+/** A run a worker holds the lease of, with what it needs to continue it. */
+export interface ClaimedRun extends RunView {
+  fencingToken: number;
+  code: string;
+  limits: Record<string, number>;
+  allowedTools: string[] | null;
+  snapshot: Uint8Array | null;
+  snapshotHeader: SnapshotHeader | null;
+  /** The parked calls of the snapshot and every call after it, in order. */
+  calls: CallRecord[];
+}
+
+export interface PublishedTask {
+  id: string;
+  name: string;
+  version: number;
+  changed: boolean;
+  codeSha256: string;
+}
+
+export interface Lease {
+  runId: string;
+  token: number;
+}
+
+export class Store {
+  constructor(readonly driver: SqlDriver) {}
+
+  get description(): string {
+    return `${this.driver.kind} (${this.driver.description})`;
+  }
+
+  async #call<T>(op: Operation, args: Record<string, unknown>): Promise<T> {
+    try {
+      return await this.driver.call(op, args as never) as T;
+    } catch (e) {
+      throw StoreError.from(e);
+    }
+  }
+
+  publishTask(task: {
+    name: string;
+    code: string;
+    description?: string | null;
+    limits?: Record<string, number>;
+    allowedTools?: string[] | null;
+  }): Promise<PublishedTask> {
+    return this.#call("publish_task", {
+      p_name: task.name,
+      p_code: task.code,
+      p_description: task.description ?? null,
+      p_limits: task.limits ?? {},
+      p_allowed_tools: task.allowedTools ?? null,
+    });
+  }
+
+  enqueueRun(run: {
+    task?: string;
+    taskId?: string;
+    input?: Json;
+    idempotencyKey?: string | null;
+    ownerId?: string | null;
+    runAt?: Date | null;
+    now?: Date;
+  }): Promise<RunView> {
+    return this.#call("enqueue_run", {
+      p_task: run.task ?? null,
+      p_task_id: run.taskId ?? null,
+      p_input: run.input ?? null,
+      p_idempotency_key: run.idempotencyKey ?? null,
+      p_owner_id: run.ownerId ?? null,
+      p_run_at: run.runAt ?? null,
+      p_now: run.now,
+    });
+  }
+
+  async claimRuns(claim: {
+    worker: string;
+    limit?: number;
+    leaseSeconds: number;
+    runId?: string;
+    now?: Date;
+  }): Promise<ClaimedRun[]> {
+    const rows = await this.#call<(Omit<ClaimedRun, "snapshot"> & { snapshot: string | null })[]>(
+      "claim_runs",
+      {
+        p_worker: claim.worker,
+        p_limit: claim.limit ?? 1,
+        p_lease_seconds: claim.leaseSeconds,
+        p_run_id: claim.runId ?? null,
+        p_now: claim.now,
+      },
+    );
+    return rows.map((row) => ({
+      ...row,
+      snapshot: row.snapshot === null ? null : new Uint8Array(Buffer.from(row.snapshot, "base64")),
+    }));
+  }
+
+  heartbeat(lease: Lease, leaseSeconds: number, now?: Date): Promise<{ leaseExpiresAt: string }> {
+    return this.#call("heartbeat", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_lease_seconds: leaseSeconds,
+      p_now: now,
+    });
+  }
+
+  recordCall(lease: Lease, call: {
+    seq: number;
+    service: string;
+    path: string[];
+    args: Json[];
+    mode: "inline" | "durable";
+    wakeAt?: Date | null;
+  }, now?: Date): Promise<CallRecord> {
+    return this.#call("record_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: call.seq,
+      p_service: call.service,
+      p_method_path: call.path,
+      p_args: call.args,
+      p_mode: call.mode,
+      p_wake_at: call.wakeAt ?? null,
+      p_now: now,
+    });
+  }
+
+  startChild(
+    lease: Lease,
+    child: { seq: number; task: string; input: Json; maxDepth?: number },
+    now?: Date,
+  ): Promise<CallRecord> {
+    return this.#call("start_child", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: child.seq,
+      p_task: child.task,
+      p_input: child.input,
+      p_max_depth: child.maxDepth,
+      p_now: now,
+    });
+  }
+
+  settleCall(lease: Lease, settle: {
+    seq: number;
+    ok: boolean;
+    result?: Json;
+    error?: Json;
+    logs?: LogLine[];
+  }, now?: Date): Promise<CallRecord> {
+    return this.#call("settle_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: settle.seq,
+      p_ok: settle.ok,
+      p_result: settle.ok ? settle.result ?? null : null,
+      p_error: settle.ok ? null : settle.error ?? null,
+      p_logs: settle.logs ?? [],
+      p_now: now,
+    });
+  }
+
+  appendLogs(lease: Lease, logs: LogLine[]): Promise<void> {
+    return this.#call("append_run_logs", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_logs: logs,
+    });
+  }
+
+  suspendRun(lease: Lease, suspend: {
+    snapshot: Uint8Array;
+    header: SnapshotHeader;
+    wakeAt: Date | null;
+    waitingOn: WaitingOn;
+    logs?: LogLine[];
+  }, now?: Date): Promise<RunView> {
+    return this.#call("suspend_run", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_snapshot: Buffer.from(suspend.snapshot).toString("base64"),
+      p_header: suspend.header,
+      p_wake_at: suspend.wakeAt,
+      p_waiting_on: suspend.waitingOn,
+      p_logs: suspend.logs ?? [],
+      p_now: now,
+    });
+  }
+
+  completeRun(lease: Lease, result: Json, logs: LogLine[] = [], now?: Date): Promise<RunView> {
+    return this.#call("complete_run", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_result: result,
+      p_logs: logs,
+      p_now: now,
+    });
+  }
+
+  failRun(lease: Lease, error: RunError, logs: LogLine[] = [], now?: Date): Promise<RunView> {
+    return this.#call("fail_run", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_error: error,
+      p_logs: logs,
+      p_now: now,
+    });
+  }
+
+  cancelRun(
+    runId: string,
+    options: { reason?: string; ownerId?: string | null; now?: Date } = {},
+  ): Promise<RunView> {
+    return this.#call("cancel_run", {
+      p_run_id: runId,
+      p_reason: options.reason ?? null,
+      p_owner_id: options.ownerId ?? null,
+      p_now: options.now,
+    });
+  }
+
+  requeueExpiredLeases(now?: Date, maxExpirations?: number): Promise<number> {
+    return this.#call("requeue_expired_leases", { p_now: now, p_max_expirations: maxExpirations });
+  }
+
+  getRun(
+    runId: string,
+    options: { ownerId?: string | null; logLimit?: number } = {},
+  ): Promise<RunView | null> {
+    return this.#call("get_run", {
+      p_run_id: runId,
+      p_owner_id: options.ownerId ?? null,
+      p_log_limit: options.logLimit,
+    });
+  }
+
+  listCalls(runId: string): Promise<CallRecord[]> {
+    return this.#call("list_calls", { p_run_id: runId });
+  }
+
+  async getSnapshot(
+    runId: string,
+  ): Promise<
+    { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: Uint8Array } | null
+  > {
+    const row = await this.#call<
+      { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: string } | null
+    >("get_snapshot", { p_run_id: runId });
+    return row && { ...row, bytes: new Uint8Array(Buffer.from(row.bytes, "base64")) };
+  }
+
+  findStuckRuns(now?: Date): Promise<(RunView & { problem: string; since: string })[]> {
+    return this.#call("find_stuck_runs", { p_now: now });
+  }
+
+  tick(now?: Date): Promise<{ requeued: number; woken: number }> {
+    return this.#call("tick", { p_now: now });
+  }
+
+  kvGet(key: string): Promise<{ found: boolean; value?: Json; secret?: boolean }> {
+    return this.#call("kv_get", { p_key: key });
+  }
+
+  kvSet(key: string, value: Json, secret = false): Promise<void> {
+    return this.#call("kv_set", { p_key: key, p_value: value, p_secret: secret });
+  }
+
+  kvDelete(key: string): Promise<boolean> {
+    return this.#call("kv_delete", { p_key: key });
+  }
+
+  getService(
+    name: string,
+  ): Promise<
+    { name: string; url: string; headers: Record<string, string>; timeoutMs: number } | null
+  > {
+    return this.#call("get_service", { p_name: name });
+  }
+
+  close(): Promise<void> {
+    return this.driver.close();
+  }
+}
