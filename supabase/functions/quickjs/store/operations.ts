@@ -117,20 +117,25 @@ export const SCHEMA = "quickjs";
 
 /**
  * `select quickjs.fn(p_a => $1::type, …) as result` with the arguments given (others take
- * the function's defaults), and the parameters as text.
+ * the function's defaults). `encode` turns each value into what the driver sends: the
+ * drivers disagree on jsonb (postgres.js serializes by the described type, PGlite wants
+ * JSON text), so each passes its own.
  */
 export function sqlCall<Op extends Operation>(
   op: Op,
   args: OperationArgs<Op>,
-): { text: string; params: (string | null)[] } {
+  encode: (type: SqlType, value: unknown) => unknown,
+): { text: string; params: unknown[] } {
   const signature = OPERATIONS[op] as Record<string, SqlType>;
   const named: string[] = [];
-  const params: (string | null)[] = [];
+  const params: unknown[] = [];
   for (const [name, value] of Object.entries(args)) {
     const type = signature[name];
     if (!type) throw new Error(`${op} has no parameter ${name}`);
     if (value === undefined) continue;
-    params.push(toText(type, value));
+    params.push(
+      value === null ? null : encode(type, value instanceof Date ? value.toISOString() : value),
+    );
     const n = `$${params.length}`;
     named.push(
       type === "text[]"
@@ -154,17 +159,4 @@ export function rpcBody<Op extends Operation>(
     body[name] = value instanceof Date ? value.toISOString() : value;
   }
   return body;
-}
-
-function toText(type: SqlType, value: unknown): string | null {
-  if (value === null) return null;
-  switch (type) {
-    case "jsonb":
-    case "text[]":
-      return JSON.stringify(value);
-    case "timestamptz":
-      return value instanceof Date ? value.toISOString() : String(value);
-    default:
-      return String(value);
-  }
 }

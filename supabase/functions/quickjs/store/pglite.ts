@@ -18,7 +18,12 @@ export async function pgliteDriver(options: { dataDir?: string } = {}): Promise<
     description: options.dataDir ? `data directory ${options.dataDir}` : "in memory",
     db,
     async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
-      const { text, params } = sqlCall(op, args);
+      // PGlite reads a jsonb parameter as JSON text
+      const { text, params } = sqlCall(
+        op,
+        args,
+        (type, value) => type === "jsonb" || type === "text[]" ? JSON.stringify(value) : value,
+      );
       const result = await db.query<{ result: unknown }>(text, params);
       return result.rows[0]?.result ?? null;
     },

@@ -13,8 +13,9 @@ export function postgresDriver(url: string, options: { max?: number } = {}): Sql
     kind: "postgres",
     description: redactUrl(url),
     async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
-      const { text, params } = sqlCall(op, args);
-      const rows = await sql.unsafe(text, params);
+      // postgres.js describes the statement and serializes each value by its type
+      const { text, params } = sqlCall(op, args, (_type, value) => value);
+      const rows = await sql.unsafe(text, params as never[]);
       return rows[0]?.result ?? null;
     },
     async listen(channel, onNotify) {

@@ -1,0 +1,170 @@
+/**
+ * A real Postgres for each test file: a fresh database on DATABASE_URL's server, else on a
+ * server at 127.0.0.1:5432, else an in-memory PGlite. Migrations are applied as Supabase
+ * would (its roles exist first, so the guarded parts run). A database whose tests failed
+ * is left in place, and its name printed, so it can be inspected.
+ */
+import postgres from "postgres";
+import { PGlite } from "@electric-sql/pglite";
+import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
+import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
+import { type SqlDriver, Store } from "../../supabase/functions/quickjs/store/store.ts";
+
+export interface TestDb {
+  /** "postgres" (a server) or "pglite". */
+  kind: "postgres" | "pglite";
+  /** Connection string of this file's database (postgres only). */
+  url?: string;
+  /** The database name (postgres) or "pglite". */
+  name: string;
+  driver: SqlDriver;
+  store: Store;
+  /** A raw query, for assertions and for setting up odd states. */
+  query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
+  /** Another driver on its own connection (postgres) or the same instance (pglite). */
+  newDriver(): SqlDriver;
+  close(options: { drop: boolean }): Promise<void>;
+}
+
+const LOCAL_URL = "postgres://postgres@127.0.0.1:5432/postgres";
+let serverUrl: Promise<string | null> | undefined;
+let announced = false;
+
+/** DATABASE_URL, or the local server if one answers, or null for PGlite. */
+export function findServer(): Promise<string | null> {
+  return serverUrl ??= (async () => {
+    const env = Deno.env.get("DATABASE_URL");
+    if (env) return env;
+    if (Deno.env.get("QUICKJS_TEST_PGLITE") === "1") return null;
+    const sql = postgres(LOCAL_URL, { max: 1, connect_timeout: 2, onnotice: () => {} });
+    try {
+      await sql`select 1`;
+      return LOCAL_URL;
+    } catch {
+      return null;
+    } finally {
+      await sql.end({ timeout: 1 }).catch(() => {});
+    }
+  })();
+}
+
+const SUPABASE_ROLES = `
+  do $$ begin
+    if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin; end if;
+    if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin; end if;
+    if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin bypassrls; end if;
+  end $$;`;
+
+export async function openTestDb(label: string): Promise<TestDb> {
+  const server = await findServer();
+  if (!announced) {
+    announced = true;
+    console.log(
+      `[tests] database: ${
+        server ? `PostgreSQL server at ${new URL(server).host}` : "PGlite (in memory)"
+      }`,
+    );
+  }
+  return server ? await openOnServer(server, label) : await openPglite();
+}
+
+async function openOnServer(server: string, label: string): Promise<TestDb> {
+  const name = `qjs_t_${label.replace(/\W+/g, "_").toLowerCase().slice(0, 30)}_${
+    Date.now().toString(36)
+  }${Math.floor(Math.random() * 1e4)}`;
+  const admin = postgres(server, { max: 1, onnotice: () => {} });
+  await admin.unsafe(SUPABASE_ROLES);
+  await admin.unsafe(`create database ${name}`);
+  await admin.end();
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
+  await migrate({
+    exec: async (text) => void await sql.unsafe(text),
+    query: async (text, params) => ({ rows: await sql.unsafe(text, params) }),
+  });
+  const driver = postgresDriver(url.toString());
+  const drivers: SqlDriver[] = [driver];
+  return {
+    kind: "postgres",
+    url: url.toString(),
+    name,
+    driver,
+    store: new Store(driver),
+    query: async <T>(text: string, params: unknown[] = []) =>
+      await sql.unsafe(text, params as never[]) as unknown as T[],
+    newDriver() {
+      const extra = postgresDriver(url.toString());
+      drivers.push(extra);
+      return extra;
+    },
+    async close({ drop }) {
+      await Promise.all(drivers.map((d) => d.close()));
+      await sql.end();
+      if (!drop) {
+        console.log(`[tests] left database ${name} in place for inspection: ${url}`);
+        return;
+      }
+      const admin = postgres(server, { max: 1, onnotice: () => {} });
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.end();
+    },
+  };
+}
+
+async function openPglite(): Promise<TestDb> {
+  const driver = await pgliteDriver();
+  const db: PGlite = driver.db;
+  await db.exec(SUPABASE_ROLES);
+  await migrate({
+    exec: async (text) => void await db.exec(text),
+    query: async (text, params) => await db.query(text, params),
+  });
+  return {
+    kind: "pglite",
+    name: "pglite",
+    driver,
+    store: new Store(driver),
+    query: async <T>(text: string, params: unknown[] = []) =>
+      (await db.query(text, params)).rows as T[],
+    newDriver: () => ({ ...driver, close: () => Promise.resolve() }),
+    close: async () => await driver.close(),
+  };
+}
+
+/**
+ * Registers the tests of a file that share one database. The database is opened by the
+ * first test and closed after the last; it is dropped only if every test passed.
+ */
+export function dbTests(label: string) {
+  let db: Promise<TestDb> | undefined;
+  let failed = false;
+  let registered = 0;
+  let finished = 0;
+  const get = () => db ??= openTestDb(label);
+  function test(
+    name: string,
+    fn: (db: TestDb, t: Deno.TestContext) => Promise<void>,
+    options: { ignore?: boolean; only?: boolean } = {},
+  ): void {
+    registered++;
+    Deno.test({
+      name,
+      ...options,
+      sanitizeOps: false,
+      sanitizeResources: false,
+      fn: async (t) => {
+        try {
+          await fn(await get(), t);
+        } catch (e) {
+          failed = true;
+          throw e;
+        } finally {
+          if (++finished === registered) await (await get()).close({ drop: !failed });
+        }
+      },
+    });
+  }
+  return { test, db: get };
+}
