@@ -754,6 +754,14 @@ create function quickjs.get_snapshot(p_run_id uuid) returns jsonb language sql s
   from quickjs.snapshots s where s.run_id = p_run_id
 $$;
 
+create function quickjs.next_wake_at(p_now timestamptz default now()) returns jsonb
+language sql stable as $$
+  select jsonb_build_object('wakeAt', min(coalesce(wake_at, run_at)))
+  from quickjs.runs
+  where (status = 'suspended' and wake_at is not null) or (status = 'queued' and run_at > p_now)
+$$;
+comment on function quickjs.next_wake_at is 'When the next run becomes due (workers sleep until then).';
+
 -- Runs that need an operator: what "stuck" means is spelled out here, in one place.
 create function quickjs.find_stuck_runs(p_now timestamptz default now())
 returns jsonb language sql stable as $$

@@ -64,3 +64,25 @@ export class FakeClock implements Clock {
     return this.#sleepers.length;
   }
 }
+
+/**
+ * Wall-clock time plus an offset that can jump forward: local runners and tests move it to
+ * the next wake-up instead of waiting hours for a durable sleep. In-process sleeps still
+ * take real time.
+ */
+export class VirtualClock implements Clock {
+  constructor(public offsetMs = 0) {}
+
+  now(): Date {
+    return new Date(Date.now() + this.offsetMs);
+  }
+
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return systemClock.sleep(ms, signal);
+  }
+
+  /** Moves the clock forward to `when` (never back). */
+  jumpTo(when: Date): void {
+    this.offsetMs += Math.max(0, when.getTime() - this.now().getTime());
+  }
+}

@@ -101,6 +101,7 @@ export const OPERATIONS = {
   get_snapshot: { p_run_id: "uuid" },
   find_stuck_runs: { p_now: "timestamptz" },
   tick: { p_now: "timestamptz" },
+  next_wake_at: { p_now: "timestamptz" },
   kv_get: { p_key: "text" },
   kv_set: { p_key: "text", p_value: "jsonb", p_secret: "boolean" },
   kv_delete: { p_key: "text" },

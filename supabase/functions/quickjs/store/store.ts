@@ -145,10 +145,16 @@ export class Store {
   }
 
   async #call<T>(op: Operation, args: Record<string, unknown>): Promise<T> {
-    try {
-      return await this.driver.call(op, args as never) as T;
-    } catch (e) {
-      throw StoreError.from(e);
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await this.driver.call(op, args as never) as T;
+      } catch (e) {
+        // Every operation is one transaction, so one that lost a deadlock or a
+        // serialization race changed nothing and can simply run again.
+        const sqlstate = (e as { code?: unknown })?.code;
+        if ((sqlstate === "40P01" || sqlstate === "40001") && attempt < 3) continue;
+        throw StoreError.from(e);
+      }
     }
   }
 
@@ -371,6 +377,12 @@ export class Store {
 
   tick(now?: Date): Promise<{ requeued: number; woken: number }> {
     return this.#call("tick", { p_now: now });
+  }
+
+  /** When the next run becomes due (null: none is waiting). */
+  async nextWakeAt(now?: Date): Promise<Date | null> {
+    const row = await this.#call<{ wakeAt: string | null }>("next_wake_at", { p_now: now });
+    return row.wakeAt ? new Date(row.wakeAt) : null;
   }
 
   kvGet(key: string): Promise<{ found: boolean; value?: Json; secret?: boolean }> {

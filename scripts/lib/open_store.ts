@@ -1,0 +1,36 @@
+/**
+ * Opens the store a CLI was pointed at: `--db postgres://…` (a server), `--db pglite` (in
+ * memory) or `--db pglite:<dir>` (a data directory), defaulting to DATABASE_URL or
+ * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations.
+ */
+import postgres from "postgres";
+import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
+import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
+import { Store } from "../../supabase/functions/quickjs/store/store.ts";
+
+export function defaultDb(): string {
+  return Deno.env.get("DATABASE_URL") ?? Deno.env.get("SUPABASE_DB_URL") ?? "pglite";
+}
+
+export async function openStore(db: string = defaultDb()): Promise<Store> {
+  if (db === "pglite" || db.startsWith("pglite:")) {
+    const dataDir = db.startsWith("pglite:") ? db.slice("pglite:".length) : undefined;
+    const driver = await pgliteDriver(dataDir ? { dataDir } : {});
+    await migrate({
+      exec: async (sql) => void await driver.db.exec(sql),
+      query: async (sql, params) => await driver.db.query(sql, params),
+    });
+    return new Store(driver);
+  }
+  const admin = postgres(db, { max: 1, onnotice: () => {} });
+  try {
+    await migrate({
+      exec: async (sql) => void await admin.unsafe(sql),
+      query: async (sql, params) => ({ rows: await admin.unsafe(sql, params) }),
+    });
+  } finally {
+    await admin.end();
+  }
+  return new Store(postgresDriver(db));
+}

@@ -1,0 +1,72 @@
+/**
+ * Task files: one JavaScript file per task. The name is the file name (without .js) or a
+ * JSDoc `@task name` tag; the JSDoc text is the description; `@limits {json}` and
+ * `@tools a, b` set the sandbox limits and the services the task may call.
+ */
+import { basename, extname, join } from "node:path";
+import type { PublishedTask, Store } from "../../supabase/functions/quickjs/store/store.ts";
+import { resolveLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
+
+export interface TaskFile {
+  path: string;
+  name: string;
+  code: string;
+  description: string | null;
+  limits: Record<string, number>;
+  allowedTools: string[] | null;
+}
+
+export async function readTaskFile(path: string): Promise<TaskFile> {
+  const code = await Deno.readTextFile(path);
+  const doc = /\/\*\*([\s\S]*?)\*\//.exec(code)?.[1] ?? "";
+  const lines = doc.split("\n").map((l) => l.replace(/^\s*\*\s?/, "").trimEnd());
+  const tag = (name: string) =>
+    lines.find((l) => l.startsWith(`@${name} `) || l === `@${name}`)?.slice(name.length + 1).trim();
+  const name = tag("task") || basename(path, extname(path));
+  const description = lines.filter((l) => l && !l.startsWith("@")).join(" ").trim() || null;
+  let limits: Record<string, number> = {};
+  const limitsTag = tag("limits");
+  if (limitsTag) {
+    try {
+      limits = JSON.parse(limitsTag);
+    } catch {
+      throw new Error(`${path}: @limits must be JSON, e.g. @limits {"memoryBytes": 33554432}`);
+    }
+    resolveLimits(limits); // refuse out-of-range limits here, not at run time
+  }
+  const toolsTag = tag("tools");
+  const allowedTools = toolsTag === undefined ? null : toolsTag.split(/[\s,]+/).filter(Boolean);
+  return { path, name, code, description, limits, allowedTools };
+}
+
+/** The .js files of a directory, or the one file given. */
+export async function taskPaths(path: string): Promise<string[]> {
+  const info = await Deno.stat(path);
+  if (info.isFile) return [path];
+  const paths: string[] = [];
+  for await (const entry of Deno.readDir(path)) {
+    if (entry.isFile && /\.(m?js)$/.test(entry.name)) paths.push(join(path, entry.name));
+  }
+  return paths.sort();
+}
+
+export async function publishTasks(
+  store: Store,
+  path: string,
+): Promise<(PublishedTask & { path: string })[]> {
+  const published: (PublishedTask & { path: string })[] = [];
+  for (const file of await taskPaths(path)) {
+    const task = await readTaskFile(file);
+    published.push({
+      ...await store.publishTask({
+        name: task.name,
+        code: task.code,
+        description: task.description,
+        limits: task.limits,
+        allowedTools: task.allowedTools,
+      }),
+      path: file,
+    });
+  }
+  return published;
+}

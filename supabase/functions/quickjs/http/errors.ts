@@ -1,0 +1,44 @@
+/**
+ * HTTP errors: one error class with a stable code, and the one function that turns any
+ * error into a JSON response `{ "error": { "code", "message" } }`.
+ */
+import { StoreError } from "../store/store.ts";
+
+export class HttpError extends Error {
+  override name = "HttpError";
+  readonly headers: Headers;
+
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    options: { headers?: HeadersInit; cause?: unknown } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.headers = new Headers(options.headers);
+  }
+}
+
+/** The response for any error; the details of unexpected ones go to the log, never out. */
+export function errorResponse(e: unknown): Response {
+  const error = toHttpError(e);
+  const headers = new Headers(error.headers);
+  // RFC 6750: a 401 names the scheme the client should use
+  if (error.status === 401) headers.set("www-authenticate", "Bearer");
+  return Response.json(
+    { error: { code: error.code, message: error.message } },
+    { status: error.status, headers },
+  );
+}
+
+function toHttpError(e: unknown): HttpError {
+  if (e instanceof HttpError) return e;
+  if (e instanceof StoreError && e.status >= 400 && e.status < 500) {
+    // QJ400 means the database refused the request's content: the body was unprocessable
+    return new HttpError(e.status === 400 ? 422 : e.status, e.code, e.message, { cause: e });
+  }
+  console.error("quickjs: internal error while handling a request:", e);
+  return new HttpError(500, "INTERNAL", "internal error; the details are in the function's log", {
+    cause: e,
+  });
+}

@@ -1,0 +1,182 @@
+/**
+ * What each route does: start, read, cancel and resume runs, and the cron tick. Each
+ * handler parses its input with the schemas, calls the store or the engine, and answers.
+ */
+import type { Engine } from "../engine/run_loop.ts";
+import { isFinal } from "../engine/states.ts";
+import type { RunView, Store } from "../store/store.ts";
+import { type Caller, requireService } from "./auth.ts";
+import { readJsonBody } from "./body.ts";
+import { HttpError } from "./errors.ts";
+import {
+  cancelRunBody,
+  parse,
+  resumeRunBody,
+  runParams,
+  type startRunBody,
+  tickBody,
+} from "./schemas.ts";
+
+/** What handlers share: the app's dependencies with their defaults filled in. */
+export interface HandlerDeps {
+  store: Store;
+  engine: Engine;
+  maxBodyBytes: number;
+  startRunSchema: ReturnType<typeof startRunBody>;
+  runInBackground: (work: Promise<unknown>) => void;
+}
+
+export interface HandlerCall {
+  deps: HandlerDeps;
+  request: Request;
+  caller: Caller;
+  /** The `:id` of the path, unparsed. */
+  params: Record<string, string>;
+}
+
+export type Handler = (call: HandlerCall) => Promise<Response>;
+
+/**
+ * How often a waiting request looks at a run it is not executing itself (an idempotent
+ * retry, or a run another worker claimed first): 4 cheap queries a second per waiting client.
+ */
+const POLL_MS = 250;
+
+/** Runs claimed per tick when the body gives no limit: each may use up to its CPU budget. */
+const DEFAULT_TICK_LIMIT = 5;
+
+/** POST /runs: enqueue, start executing it in the background, optionally wait for the end. */
+export const startRun: Handler = async ({ deps, request, caller }) => {
+  const { store, engine } = deps;
+  const body = parse(
+    deps.startRunSchema,
+    await readJsonBody(request, deps.maxBodyBytes),
+    "body",
+  );
+  const ownerId = ownerOf(caller);
+  const enqueued = await store.enqueueRun({
+    task: body.task,
+    taskId: body.taskId,
+    input: body.input ?? null,
+    idempotencyKey: body.idempotencyKey ?? null,
+    ownerId,
+    // the clock the engine claims by: a run must be due for the claim right below
+    now: engine.clock.now(),
+  });
+  const created = enqueued.created === true;
+  let execution: Promise<unknown> | undefined;
+  if (created) {
+    execution = engine.claimAndRun({ runId: enqueued.id });
+    deps.runInBackground(execution);
+  }
+  const wait = body.wait ?? 0;
+  const run = wait > 0
+    ? await waitForRun(store, enqueued.id, ownerId, execution, wait)
+    : await mustGetRun(store, enqueued.id, ownerId);
+  return Response.json({ run, created }, { status: wait > 0 && isFinal(run.status) ? 200 : 202 });
+};
+
+/** GET /runs/:id */
+export const getRun: Handler = async ({ deps, caller, params }) => {
+  const { id } = parse(runParams, params, "path");
+  return Response.json({ run: await mustGetRun(deps.store, id, ownerOf(caller)) });
+};
+
+/** POST /runs/:id/cancel */
+export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
+  const { id } = parse(runParams, params, "path");
+  const body = parse(cancelRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const run = await deps.store.cancelRun(id, {
+    reason: body?.reason,
+    ownerId: ownerOf(caller),
+    now: deps.engine.clock.now(),
+  });
+  return Response.json({ run });
+};
+
+/** POST /runs/:id/resume (service role): one invocation of a run that is due, awaited. */
+export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
+  requireService(caller);
+  const { id } = parse(runParams, params, "path");
+  parse(resumeRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const [invocation] = await deps.engine.claimAndRun({ runId: id });
+  const run = await mustGetRun(deps.store, id, null);
+  if (!invocation) throw new HttpError(409, "NOT_DUE", notDueMessage(run));
+  return Response.json({ run, invocation });
+};
+
+/** POST /tick (service role): wake what is due, then run a batch of due runs. */
+export const tick: Handler = async ({ deps, request, caller }) => {
+  requireService(caller);
+  const body = parse(tickBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const { store, engine } = deps;
+  const woken = await store.tick(engine.clock.now());
+  const results = await engine.claimAndRun({ limit: body?.limit ?? DEFAULT_TICK_LIMIT });
+  return Response.json({
+    tick: woken,
+    invocations: results.map(({ runId, task, status }) => ({ runId, task, status })),
+  });
+};
+
+/** Users act on their own runs only; the service role on all. */
+function ownerOf(caller: Caller): string | null {
+  return caller.role === "user" ? caller.userId : null;
+}
+
+async function mustGetRun(store: Store, id: string, ownerId: string | null): Promise<RunView> {
+  const run = await store.getRun(id, { ownerId });
+  // another user's run answers exactly like a missing one
+  if (!run) throw new HttpError(404, "RUN_NOT_FOUND", `run ${id} does not exist`);
+  return run;
+}
+
+/**
+ * Waits up to `ms` for this request's own execution of the run, then, while the run is
+ * queued or running elsewhere, looks again until it ends or the time is up. A suspended run
+ * will not end soon, so it is returned at once.
+ */
+async function waitForRun(
+  store: Store,
+  id: string,
+  ownerId: string | null,
+  execution: Promise<unknown> | undefined,
+  ms: number,
+): Promise<RunView> {
+  const deadline = Date.now() + ms;
+  // a failed execution is logged by runInBackground; the run's state below says the rest
+  if (execution) await within(execution.catch(() => {}), ms);
+  let run = await mustGetRun(store, id, ownerId);
+  while ((run.status === "queued" || run.status === "running") && Date.now() < deadline) {
+    await delay(Math.min(POLL_MS, deadline - Date.now()));
+    run = await mustGetRun(store, id, ownerId);
+  }
+  return run;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves when `work` settles or after `ms`, whichever is first. */
+async function within(work: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([work, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function notDueMessage(run: RunView): string {
+  const prefix = `run ${run.id} is not due: it is ${run.status}`;
+  switch (run.status) {
+    case "suspended":
+      return run.wakeAt ? `${prefix} until ${run.wakeAt}` : `${prefix}, waiting for a child run`;
+    case "running":
+      return `${prefix} (leased by ${run.leaseOwner} until ${run.leaseExpiresAt})`;
+    case "queued":
+      return `${prefix}, not before its start time`;
+    default:
+      return `${prefix} and will not run again`;
+  }
+}
