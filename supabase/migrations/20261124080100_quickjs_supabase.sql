@@ -54,7 +54,9 @@ begin
       into v_key using 'quickjs_service_role_key';
   end if;
   v_key := coalesce(v_key, (select value from quickjs.settings where key = 'service_role_key'));
-  execute 'select net.http_post(url := $1, headers := $2, body := $3)'
+  -- /resume runs a whole invocation (up to the engine's 140 s budget); pg_net's default
+  -- timeout is 5 s
+  execute 'select net.http_post(url := $1, headers := $2, body := $3, timeout_milliseconds := 150000)'
     using rtrim(v_url, '/') || '/runs/' || p_run_id || '/resume',
           jsonb_build_object('Content-Type', 'application/json',
                              'Authorization', 'Bearer ' || coalesce(v_key, '')),

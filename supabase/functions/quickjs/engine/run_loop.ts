@@ -128,7 +128,8 @@ class LeaseLost extends Error {
   override name = "LeaseLost";
 }
 
-type Settled = { seq: number; outcome: CallOutcome; secret: boolean };
+/** An in-process call's outcome; `at` (ms on the engine's clock) orders deliveries. */
+type Settled = { seq: number; outcome: CallOutcome; secret: boolean; at: number };
 
 /** What a parked call waits for while nothing in this process works on it. */
 type DurableWait =
@@ -148,7 +149,13 @@ class Invocation {
   readonly #started = performance.now();
   #vm: TaskVm | undefined;
   #journal = new Map<number, CallRecord>();
-  #inflight = new Map<number, Promise<Settled>>();
+  /** Calls executing in this process. */
+  #inflight = new Set<number>();
+  /** In-process calls that settled and wait to be delivered, earliest first. */
+  #ready: Settled[] = [];
+  /** Short sleeps this process waits out itself: seq → deadline. */
+  #timers = new Map<number, Date>();
+  #onSettled: (() => void) | undefined;
   #durable = new Map<number, DurableWait>();
   #logs: LogLine[] = [];
   #secrets = new Set<string>();
@@ -295,10 +302,11 @@ class Invocation {
         }
         continue;
       }
-      if (this.#inflight.size === 0) return await this.#suspend("parked");
+      if (this.#inflight.size === 0 && this.#ready.length === 0 && this.#timers.size === 0) {
+        return await this.#suspend("parked");
+      }
       const next = await this.#nextSettled();
       if (next === "budget") return await this.#suspend("budget");
-      this.#inflight.delete(next.seq);
       await this.#settleInJournal(next.seq, next.outcome, next.secret);
       state = this.#deliver(next.seq, next.outcome);
     }
@@ -362,13 +370,7 @@ class Invocation {
         // a sleep made again after a crash keeps its first deadline
         const wakeAt = record.wakeAt ? new Date(record.wakeAt) : plan.wakeAt;
         if (inline) {
-          this.#inflight.set(
-            seq,
-            engine.clock.sleep(wakeAt.getTime() - now.getTime(), this.#abort.signal).then(
-              () => ({ seq, outcome: { ok: true }, secret: false }),
-              (e) => ({ seq, outcome: { ok: false, error: toCallError(e) }, secret: false }),
-            ),
-          );
+          this.#timers.set(seq, wakeAt);
         } else {
           this.#durable.set(seq, { kind: "sleep", wakeAt });
         }
@@ -403,15 +405,14 @@ class Invocation {
           attempt: Math.max(record.attempts, 1),
           signal: this.#abort.signal,
         };
-        this.#inflight.set(
+        this.#launch(
           seq,
-          (async (): Promise<Settled> => {
-            try {
-              const value = await plan.invoke(context);
-              return { seq, outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
-            } catch (e) {
-              return { seq, outcome: { ok: false, error: toCallError(e) }, secret: false };
-            }
+          (async () => {
+            const value = await plan.invoke(context);
+            return {
+              outcome: { ok: true, value } as CallOutcome,
+              secret: plan.secret?.(value) ?? false,
+            };
           })(),
         );
         return undefined;
@@ -470,21 +471,57 @@ class Invocation {
       .map(([seq]) => seq);
   }
 
-  /** The first in-process call to settle, or "budget" when the wall budget runs out first. */
+  /** Runs a call in this process; its outcome joins the ready queue when it settles. */
+  #launch(seq: number, work: Promise<{ outcome: CallOutcome; secret: boolean; at?: number }>) {
+    this.#inflight.add(seq);
+    work.catch((e) => ({
+      outcome: { ok: false, error: toCallError(e) } as CallOutcome,
+      secret: false,
+    }))
+      .then((settled: { outcome: CallOutcome; secret: boolean; at?: number }) => {
+        if (!this.#inflight.delete(seq)) return;
+        this.#ready.push({ seq, ...settled, at: settled.at ?? this.#now.getTime() });
+        this.#onSettled?.();
+      });
+  }
+
+  /**
+   * The next outcome to deliver: of the in-process calls that settled and the short sleeps
+   * that are due, the earliest (a call by when it settled, a sleep by its deadline, as
+   * timers fire), or "budget" when the wall budget runs out first.
+   */
   async #nextSettled(): Promise<Settled | "budget"> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const budget = new Promise<"budget">((resolve) => {
-      timer = setTimeout(() => resolve("budget"), Math.max(0, this.#wallLeftMs()));
-    });
-    const lost = new Promise<never>((_, reject) => {
-      const onAbort = () => reject(new LeaseLost(String(this.#abort.signal.reason ?? "aborted")));
-      if (this.#abort.signal.aborted) onAbort();
-      else this.#abort.signal.addEventListener("abort", onAbort, { once: true });
-    });
-    try {
-      return await Promise.race([...this.#inflight.values(), budget, lost]);
-    } finally {
-      clearTimeout(timer);
+    for (;;) {
+      const now = this.#now.getTime();
+      const due: Settled[] = [...this.#timers].filter(([, at]) => at.getTime() <= now)
+        .map(([seq, at]) => ({ seq, outcome: { ok: true }, secret: false, at: at.getTime() }));
+      const candidates = [...this.#ready, ...due].sort((a, b) => a.at - b.at || a.seq - b.seq);
+      const next = candidates[0];
+      if (next) {
+        if (this.#timers.delete(next.seq)) return next;
+        this.#ready.splice(this.#ready.indexOf(next), 1);
+        return next;
+      }
+      const nextTimer = Math.min(...[...this.#timers.values()].map((d) => d.getTime()));
+      const wait = new AbortController();
+      let budget: ReturnType<typeof setTimeout> | undefined;
+      const outcome = await new Promise<"settled" | "budget" | "lost">((resolve) => {
+        this.#onSettled = () => resolve("settled");
+        budget = setTimeout(() => resolve("budget"), Math.max(0, this.#wallLeftMs()));
+        if (Number.isFinite(nextTimer)) {
+          this.#engine.clock.sleep(nextTimer - now, wait.signal).then(
+            () => resolve("settled"),
+            () => {},
+          );
+        }
+        if (this.#abort.signal.aborted) resolve("lost");
+        else this.#abort.signal.addEventListener("abort", () => resolve("lost"), { once: true });
+      });
+      clearTimeout(budget);
+      wait.abort();
+      this.#onSettled = undefined;
+      if (outcome === "lost") throw new LeaseLost(String(this.#abort.signal.reason ?? "aborted"));
+      if (outcome === "budget") return "budget";
     }
   }
 
@@ -511,13 +548,21 @@ class Invocation {
   async #suspend(reason: "parked" | "budget"): Promise<InvocationResult> {
     const vm = this.#vm!;
     const t0 = performance.now();
+    // outcomes that arrived but were not delivered yet: journal them, the next
+    // invocation delivers them from there instead of running the calls again
+    for (const ready of this.#ready.splice(0)) {
+      await this.#settleInJournal(ready.seq, ready.outcome, ready.secret);
+    }
     const snapshot = await takeSnapshot(vm);
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
     let wakeAt: Date | null = null;
     let now = false;
     for (const seq of parked) {
-      const wait = this.#durable.get(seq);
+      const wait = this.#durable.get(seq) ??
+        (this.#timers.has(seq)
+          ? { kind: "sleep" as const, wakeAt: this.#timers.get(seq)! }
+          : undefined);
       if (!wait) now = true; // in flight here: it runs again in the next invocation
       else if (wait.kind === "now") now = true;
       else if (wait.kind === "child") children.push(wait.childRunId);
