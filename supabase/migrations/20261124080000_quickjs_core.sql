@@ -195,13 +195,18 @@ comment on function quickjs.raise_error is 'Raises an error the store maps to St
 
 create function quickjs.current_user_id() returns uuid language sql stable as $$
   select nullif(coalesce(
-    current_setting('request.jwt.claims', true)::jsonb ->> 'sub',
+    nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
     current_setting('request.jwt.claim.sub', true)), '')::uuid
 $$;
 comment on function quickjs.current_user_id is 'The caller''s user id from PostgREST''s JWT claims (null outside PostgREST).';
 
+-- Drops the null fields of an object, one level deep: JSON nulls inside user data stay.
+create function quickjs.strip_top_nulls(j jsonb) returns jsonb language sql immutable as $$
+  select coalesce(jsonb_object_agg(key, value), '{}') from jsonb_each(j) where value <> 'null'
+$$;
+
 create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stable as $$
-  select jsonb_strip_nulls(jsonb_build_object(
+  select quickjs.strip_top_nulls(jsonb_build_object(
     'id', r.id, 'task', r.task_name, 'taskId', r.task_id, 'taskVersion', r.task_version,
     'status', r.status, 'input', r.input, 'result', r.result, 'error', r.error,
     'attempts', r.attempts, 'suspensions', r.suspensions, 'wakeAt', r.wake_at,
@@ -209,13 +214,14 @@ create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stab
     'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
     'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
     'startedAt', r.started_at, 'finishedAt', r.finished_at))
-    -- a completed run's result may be JSON null: keep the key
+    -- a completed run's result may be JSON null, and so may any input: keep those keys
     || case when r.status = 'completed' then jsonb_build_object('result', r.result) else '{}' end
+    || jsonb_build_object('input', r.input)
 $$;
 comment on function quickjs.run_json is 'A run as the API shows it (camelCase).';
 
 create function quickjs.call_json(c quickjs.calls) returns jsonb language sql stable as $$
-  select jsonb_strip_nulls(jsonb_build_object(
+  select quickjs.strip_top_nulls(jsonb_build_object(
     'seq', c.seq, 'service', c.service, 'path', to_jsonb(c.method_path), 'args', c.args,
     'mode', c.mode, 'status', c.status, 'error', c.error, 'attempts', c.attempts,
     'idempotencyKey', c.idempotency_key, 'wakeAt', c.wake_at, 'childRunId', c.child_run_id,
@@ -385,6 +391,7 @@ begin
             '(crash, platform timeout or out of memory)', r.lease_expirations + 1)),
         lease_owner = null, lease_expires_at = null, finished_at = p_now, updated_at = p_now
       where id = r.id returning * into r;
+      delete from quickjs.snapshots where run_id = r.id;
       perform quickjs.notify_parent(r, p_now);
     else
       update quickjs.runs set status = 'queued', run_at = p_now, lease_expirations = lease_expirations + 1,
@@ -591,7 +598,7 @@ returns void language sql as $$
         'data', jsonb_build_object('runId', child.id, 'error', child.error)) end,
     completed_at = p_now
   where run_id = child.parent_run_id and seq = child.parent_call_seq
-    and status not in ('succeeded', 'failed')
+    and child_run_id = child.id and status not in ('succeeded', 'failed')
 $$;
 
 -- A child ended: settle the parent's call and wake the parent if it sleeps.
@@ -608,7 +615,10 @@ begin
     return;
   end if;
   perform quickjs.settle_from_child(child, p_now);
-  if parent.status = 'suspended' then
+  -- only if the call is still this child's (a crash and another path may have replaced it)
+  if parent.status = 'suspended' and exists (
+    select 1 from quickjs.calls where run_id = parent.id and seq = child.parent_call_seq
+      and child_run_id = child.id and status in ('succeeded', 'failed')) then
     update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
     where id = parent.id;
   end if;
@@ -651,6 +661,8 @@ begin
     run_at = case when v_ready then p_now else run_at end,
     wake_at = case when v_ready then null else p_wake_at end,
     waiting_on = p_waiting_on, suspensions = suspensions + 1,
+    -- progress was saved: lost leases count again from zero
+    lease_expirations = 0,
     lease_owner = null, lease_expires_at = null, updated_at = p_now
   where id = r.id returning * into r;
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
@@ -858,6 +870,24 @@ begin
 end $$;
 comment on function quickjs.tick is
   'pg_cron calls this every minute: requeues runs whose worker vanished, wakes sleepers that are due.';
+
+-- ---- comments on the helpers ------------------------------------------------------------
+
+comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
+comment on function quickjs.append_logs is 'Inserts console lines [{level, message, at (ms)}] for a run (no lease check; internal).';
+comment on function quickjs.append_run_logs is 'Appends console lines for a run the caller holds the lease of.';
+comment on function quickjs.claim_json is 'A claimed run for the engine: code, limits, snapshot (base64) and the journal entries that matter on resume.';
+comment on function quickjs.get_service is 'The registered external service of that name, or null.';
+comment on function quickjs.get_snapshot is 'A run''s snapshot (base64) with its header, for diagnose-vm-state.';
+comment on function quickjs.kv_get is 'tools.kv.get: {found, value, secret}.';
+comment on function quickjs.kv_set is 'tools.kv.set: stores a value, secret or not.';
+comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key existed.';
+comment on function quickjs.list_calls is 'A run''s whole journal, in call order.';
+comment on function quickjs.notify_parent is 'A child run ended: settles the parent''s call and wakes the parent if it is suspended.';
+comment on function quickjs.runs_before_insert is 'Trigger: fills in task_id, task_name and task_version of a run inserted by plain SQL.';
+comment on function quickjs.runs_dispatch is 'Trigger: announces a run that became queued (quickjs.dispatch).';
+comment on function quickjs.settle_from_child is 'Settles the parent''s call with a finished child''s outcome (caller locks the parent).';
+comment on function quickjs.strip_top_nulls is 'Drops null fields of an object, one level deep.';
 
 -- ---- row level security ---------------------------------------------------------------------
 -- Enabled on every table; with no policy, only the table owner and roles that bypass RLS

@@ -148,7 +148,7 @@ export function dbTests(label: string) {
     fn: (db: TestDb, t: Deno.TestContext) => Promise<void>,
     options: { ignore?: boolean; only?: boolean } = {},
   ): void {
-    registered++;
+    if (!options.ignore) registered++;
     Deno.test({
       name,
       ...options,
