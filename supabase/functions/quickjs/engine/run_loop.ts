@@ -179,6 +179,9 @@ class Invocation {
     return this.#engine.clock.now();
   }
 
+  /** The task's Date.now(): the engine's clock, in which its sleeps are measured. */
+  readonly #taskClock = () => this.#engine.clock.now().getTime();
+
   async run(): Promise<InvocationResult> {
     this.#startHeartbeat();
     try {
@@ -206,7 +209,7 @@ class Invocation {
     const t0 = performance.now();
     if (run.snapshot) {
       try {
-        this.#vm = await restoreSnapshot(run.snapshot);
+        this.#vm = await restoreSnapshot(run.snapshot, { now: this.#taskClock });
       } catch (e) {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
         throw e;
@@ -221,7 +224,7 @@ class Invocation {
       this.#system(`restored the VM (attempt ${run.attempts})`);
       return await this.#resumeParked(run.snapshotHeader?.parkedCalls ?? []);
     }
-    this.#vm = await TaskVm.create({ limits: this.#limits });
+    this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
     const state = this.#vm.start(
       { code: run.code, filename: `${run.task}.js` },

@@ -11,6 +11,8 @@ export const SANDBOX_ERROR_CODES = Object.freeze({
   TASK_NO_ENTRY: "TASK_NO_ENTRY",
   /** The task's code threw (or its promise rejected) and nothing caught it. */
   TASK_ERROR: "TASK_ERROR",
+  /** The task awaits a promise nothing can settle: no host call pending, no job queued. */
+  TASK_DEADLOCK: "TASK_DEADLOCK",
   /** A host call's promise rejected and the task never handled it. */
   UNHANDLED_REJECTION: "UNHANDLED_REJECTION",
   /** One synchronous stretch of task code ran past its CPU deadline. */

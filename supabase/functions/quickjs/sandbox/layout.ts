@@ -6,7 +6,6 @@
  *   [stack, heapBase)    the C stack, growing down from heapBase; dead when the VM idles
  *   [heapBase, break)    the malloc heap: live
  */
-import { MAX_STACK_BYTES } from "./limits.ts";
 import type { BuildFacts } from "./wasm.ts";
 
 /** Granularity of the diff. The probe found ~22 pages of 4 KiB differ for a small task. */
@@ -14,13 +13,20 @@ export const PAGE_SIZE = 4096;
 const WORDS_PER_PAGE = PAGE_SIZE >> 2;
 
 /**
- * Pages wholly inside the top MAX_STACK_BYTES of the C stack. The limits never let a
- * task's stack grow past that, and an idle VM's stack pointer is back at heapBase, so
- * they hold nothing live: they are neither compared, copied nor saved.
+ * How much of the C stack, below the heap base, the snapshot treats as dead. The stack of
+ * quickjs-emscripten's builds is 5 MiB; wasm.ts refuses a build whose gap between static
+ * data and heap base is under DEAD_STACK_BYTES + 64 KiB (the bss is a few KiB).
+ */
+export const DEAD_STACK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Pages wholly inside the top DEAD_STACK_BYTES of the C stack. An idle VM's stack pointer
+ * is back at the heap base, so everything below it is dead: these pages are neither
+ * compared, copied nor saved.
  */
 export function deadStackPages(heapBase: number): { first: number; end: number } {
   return {
-    first: Math.ceil((heapBase - MAX_STACK_BYTES) / PAGE_SIZE),
+    first: Math.ceil((heapBase - DEAD_STACK_BYTES) / PAGE_SIZE),
     end: Math.floor(heapBase / PAGE_SIZE),
   };
 }

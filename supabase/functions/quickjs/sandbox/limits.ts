@@ -22,18 +22,21 @@ export interface SandboxLimits {
 const MiB = 1024 * 1024;
 
 /**
- * The most stack a task may ask for. The wasm build's C stack must be larger (it is
- * 5 MiB in quickjs-emscripten 0.32), or deep recursion would run into static data:
- * wasm.ts refuses a build whose stack region is not. snapshot.ts relies on the same
- * bound: the top MAX_STACK_BYTES below the heap base are C stack, dead when the VM idles.
+ * The most stack a task may ask for. Every QuickJS frame is also a wasm frame on V8's own
+ * (native) stack, which overflows before QuickJS's check when the limit is much above
+ * this: measured, plain recursion broke V8 at 512 KiB and recursion through Array#map at
+ * 384 KiB; 256 KiB held for every shape tried. A V8 overflow still ends the run with
+ * SANDBOX_STACK (vm.ts), but the VM is lost with it.
  */
-export const MAX_STACK_BYTES = 4 * MiB;
+export const MAX_STACK_BYTES = 320 * 1024;
 
 export const DEFAULT_LIMITS: Readonly<SandboxLimits> = Object.freeze({
-  // 64 MiB keeps a VM's wasm memory under ~80 MiB; an edge function has 150 MiB or more.
+  // The VM's wasm memory is fixed at its static data and stack (~5 MiB) plus this, so a
+  // VM stays under ~70 MiB; an edge function has 150 MiB or more.
   memoryBytes: 64 * MiB,
-  // QuickJS's own default; ~10,000 frames of ordinary recursion.
-  stackBytes: 1 * MiB,
+  // Below the depth at which V8's native stack overflows first (see MAX_STACK_BYTES);
+  // a few thousand frames of ordinary recursion.
+  stackBytes: 256 * 1024,
   // Half of Supabase's 2 s CPU limit per request, so a slice that starts just before the
   // invocation's CPU budget runs out still ends inside the platform's limit.
   sliceMs: 1000,
@@ -69,14 +72,17 @@ export function resolveLimits(partial: Partial<SandboxLimits> = {}): SandboxLimi
 }
 
 /**
- * The CPU deadline behind the interrupt handler. Armed before every entry into the VM;
- * QuickJS polls `shouldInterrupt` every few thousand instructions, and an interrupt
- * cannot be caught by task code.
+ * What the interrupt handler checks, every few thousand QuickJS instructions: the CPU
+ * deadline of the current slice, and the heap's high-water mark. (QuickJS's own memory
+ * limit counts allocations, not bytes, in this build: its malloc_usable_size is 0 under
+ * emscripten.) An interrupt cannot be caught by task code.
  */
-export class SliceDeadline {
+export class InterruptWatch {
   #deadline = Infinity;
-  #fired = false;
+  #fired: "time" | "memory" | undefined;
+  #heap: { words: Uint32Array; index: number; limit: number } | undefined;
 
+  /** Starts the CPU deadline of a slice. */
   arm(ms: number, now = performance.now()): void {
     this.#deadline = now + ms;
   }
@@ -85,14 +91,32 @@ export class SliceDeadline {
     this.#deadline = Infinity;
   }
 
-  /** True once the deadline fired during the current or any earlier slice. */
-  get fired(): boolean {
+  /**
+   * Watches the allocator's break (a word in static memory) against `limit`. The memory
+   * never grows (wasm.ts), so one view of it stays valid for the VM's life.
+   */
+  watchHeap(memory: WebAssembly.Memory, breakAddress: number, limit: number): void {
+    this.#heap = { words: new Uint32Array(memory.buffer), index: breakAddress >> 2, limit };
+  }
+
+  /** True when the heap has grown past its limit. */
+  heapOverLimit(): boolean {
+    const heap = this.#heap;
+    return heap !== undefined && heap.words[heap.index]! > heap.limit;
+  }
+
+  /** Which limit fired during the current or an earlier slice. */
+  get fired(): "time" | "memory" | undefined {
     return this.#fired;
   }
 
   shouldInterrupt = (): boolean => {
+    if (this.heapOverLimit()) {
+      this.#fired = "memory";
+      return true;
+    }
     if (performance.now() <= this.#deadline) return false;
-    this.#fired = true;
+    this.#fired = "time";
     return true;
   };
 }

@@ -9,7 +9,8 @@
  * run's state) lives on the QuickJS heap, so a snapshot of the memory carries it along.
  *
  * The built-ins the prelude uses are captured up front, so a task that rewrites
- * `JSON`, `Promise.prototype.then` or `Map.prototype` cannot confuse the bridge.
+ * `JSON`, `Promise.prototype.then` or `Map.prototype` cannot confuse the bridge; arrays
+ * grow through defineProperty, which setters on Array.prototype indices cannot intercept.
  */
 export const PRELUDE_SOURCE = String.raw`
 (function quickjsPrelude(hostCall) {
@@ -60,6 +61,10 @@ export const PRELUDE_SOURCE = String.raw`
   const handled = new WeakSetCtor();
   let logs = [];
   let logBytes = 0;
+
+  // arr.push and arr[i] = v both go through setters a task may put on Array.prototype
+  const append = (array, value) =>
+    defineProperty(array, array.length, { value, writable: true, enumerable: true, configurable: true });
 
   const utf8Length = (s) => {
     let n = 0;
@@ -133,8 +138,8 @@ export const PRELUDE_SOURCE = String.raw`
         if (typeof key !== "string" || key === "then") return undefined;
         if (service === undefined) return toolProxy(key, []);
         const next = [];
-        for (let i = 0; i < path.length; i++) next[i] = path[i];
-        next[path.length] = key;
+        for (let i = 0; i < path.length; i++) append(next, path[i]);
+        append(next, key);
         return toolProxy(service, next);
       },
       apply(_target, _this, args) {
@@ -189,18 +194,18 @@ export const PRELUDE_SOURCE = String.raw`
       throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
     }
     if (logBytes + bytes > limits.logBytes) {
-      logs[logs.length] = { level: "error", at: dateNow(), message: "[log limit of " + limits.logBytes + " bytes reached]" };
+      append(logs, { level: "error", at: dateNow(), message: "[log limit of " + limits.logBytes + " bytes reached]" });
       throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
     }
     logBytes += bytes;
-    logs[logs.length] = { level, at: dateNow(), message };
+    append(logs, { level, at: dateNow(), message });
   }
 
   const consoleObject = {};
   for (const level of ["log", "info", "warn", "error", "debug"]) {
     consoleObject[level] = function () {
       const args = [];
-      for (let i = 0; i < arguments.length; i++) args[i] = arguments[i];
+      for (let i = 0; i < arguments.length; i++) append(args, arguments[i]);
       log(level, args);
     };
   }
@@ -290,10 +295,13 @@ export const PRELUDE_SOURCE = String.raw`
       state = "running";
       const input = jsonParse(inputJson);
       const context = deepFreeze(jsonParse(contextJson));
-      const main = apply(promiseThen, apply(promiseResolve, PromiseCtor, [target]), [(loaded) => {
+      const run = (loaded) => {
         let entry;
         if (kind === "module") {
           entry = loaded === undefined || loaded === null ? undefined : loaded.default;
+          if (typeof entry !== "function" && G.module && typeof G.module.exports === "function") {
+            entry = G.module.exports;
+          }
         } else {
           const exported = G.module === undefined || G.module === null ? undefined : G.module.exports;
           entry = typeof exported === "function" ? exported : exported === undefined || exported === null ? undefined : exported.default;
@@ -305,9 +313,19 @@ export const PRELUDE_SOURCE = String.raw`
           e.code = "TASK_NO_ENTRY";
           throw e;
         }
-        return entry(input, context);
-      }]);
-      apply(promiseThen, main, [finish, fail]);
+        const result = entry(input, context);
+        // the entry's own promise is followed with the captured then: a task that replaces
+        // Promise.prototype.then cannot keep the run from finishing
+        if (result instanceof PromiseCtor) apply(promiseThen, result, [finish, fail]);
+        else apply(promiseThen, apply(promiseResolve, PromiseCtor, [result]), [finish, fail]);
+      };
+      apply(promiseThen, apply(promiseResolve, PromiseCtor, [target]), [(loaded) => {
+        try {
+          run(loaded);
+        } catch (e) {
+          fail(e);
+        }
+      }, fail]);
     },
     settle(id, ok, payloadJson) {
       const entry = apply(mapGet, pending, [id]);
@@ -336,7 +354,7 @@ export const PRELUDE_SOURCE = String.raw`
         }
       }]);
       const ids = [];
-      apply(mapForEach, pending, [(_entry, id) => { ids[ids.length] = id; }]);
+      apply(mapForEach, pending, [(_entry, id) => { append(ids, id); }]);
       const s = fatal !== undefined
         ? '{"state":"failed","error":' + jsonStringify(fatal)
         : '{"state":' + jsonStringify(state) + (state === "failed" ? ',"error":' + jsonStringify(failure) : state === "done" ? ',"result":' + resultJson : "");

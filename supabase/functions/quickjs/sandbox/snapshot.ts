@@ -167,7 +167,10 @@ export async function incompatibility(header: SnapshotHeader): Promise<string | 
  * A VM restored from snapshot bytes, parked on the calls the header lists. Throws
  * SandboxError SNAPSHOT_CORRUPT or SNAPSHOT_INCOMPATIBLE; never returns a broken VM.
  */
-export async function restoreSnapshot(bytes: Uint8Array): Promise<TaskVm> {
+export async function restoreSnapshot(
+  bytes: Uint8Array,
+  options: { now?: () => number } = {},
+): Promise<TaskVm> {
   const { header, body: compressed } = await readSnapshot(bytes);
   const why = await incompatibility(header);
   if (why) throw new SandboxError("SNAPSHOT_INCOMPATIBLE", why);
@@ -191,6 +194,7 @@ export async function restoreSnapshot(bytes: Uint8Array): Promise<TaskVm> {
       variant: header.variant,
       pages: memoryBytes / WASM_PAGE,
       forRestore: true,
+      now: options.now,
     });
   } catch (e) {
     throw new SandboxError("SNAPSHOT_INCOMPATIBLE", (e as Error).message, { cause: e });

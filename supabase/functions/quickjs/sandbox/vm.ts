@@ -13,7 +13,7 @@
  */
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
 import { PRELUDE_SOURCE } from "./prelude.ts";
-import { limitErrorCode, type SandboxLimits, SliceDeadline, utf8Bytes } from "./limits.ts";
+import { InterruptWatch, limitErrorCode, type SandboxLimits, utf8Bytes } from "./limits.ts";
 import { type RunError, SandboxError } from "./errors.ts";
 import {
   BUILD_VARIANT,
@@ -107,7 +107,7 @@ export class TaskVm {
   readonly context: QuickJSContext;
   #internals: QuickJSHandle;
   #methods: Record<InternalMethod, QuickJSHandle>;
-  #deadline: SliceDeadline;
+  #watch: InterruptWatch;
   #limits: SandboxLimits;
   #newCalls: HostCall[] = [];
   #lastCallId = 0;
@@ -126,9 +126,9 @@ export class TaskVm {
     internals: QuickJSHandle,
     methods: Record<InternalMethod, QuickJSHandle>,
     limits: SandboxLimits,
-    deadline: SliceDeadline,
+    watch: InterruptWatch,
   ) {
-    this.#deadline = deadline;
+    this.#watch = watch;
     this.instance = instance;
     this.runtime = runtime;
     this.context = context;
@@ -149,10 +149,16 @@ export class TaskVm {
       variant?: BuildVariant;
       pages?: number;
       forRestore?: boolean;
+      /** The task's wall clock (ms since the epoch); the host's by default. */
+      now?: () => number;
     },
   ): Promise<TaskVm> {
     const boot = await getBootImage(options.variant ?? BUILD_VARIANT);
-    const instance = await instantiate(boot.build, options.pages);
+    const instance = await instantiate(
+      boot.build,
+      options.pages ?? wasmPagesFor(options.limits, boot.build.facts.heapBase),
+      { now: options.now },
+    );
     const vm = TaskVm.#hostSetup(instance, options.limits, (context, runtime, bridge) => {
       const memory = new Uint8Array(instance.memory.buffer);
       const image = new Uint8Array(boot.image.buffer);
@@ -192,8 +198,8 @@ export class TaskVm {
   ): TaskVm {
     const runtime = instance.module.newRuntime();
     keepRuntimeCallbacksUntilFreed(runtime);
-    const deadline = new SliceDeadline();
-    runtime.setInterruptHandler(deadline.shouldInterrupt);
+    const watch = new InterruptWatch();
+    runtime.setInterruptHandler(watch.shouldInterrupt);
     const context = runtime.newContext();
     // ctx.global is created lazily and cached; create it now so it is part of the set-up.
     void context.global;
@@ -209,7 +215,8 @@ export class TaskVm {
     }
     const methods = {} as Record<InternalMethod, QuickJSHandle>;
     INTERNAL_METHODS.forEach((name, i) => (methods[name] = methodHandles[i]!));
-    vm = new TaskVm(instance, runtime, context, internals!, methods, limits, deadline);
+    vm = new TaskVm(instance, runtime, context, internals!, methods, limits, watch);
+    vm.#watchHeap();
     return vm;
   }
 
@@ -282,7 +289,7 @@ export class TaskVm {
     this.runtime.setMemoryLimit(this.#limits.memoryBytes);
     this.runtime.setMaxStackSize(this.#limits.stackBytes);
     const ctx = this.context;
-    const module = isEsModule(source.code);
+    let module = isEsModule(source.code);
     this.#enter(() => {
       const limitsJson = JSON.stringify({
         logBytes: this.#limits.logBytes,
@@ -290,9 +297,16 @@ export class TaskVm {
         pendingCalls: this.#limits.pendingCalls,
       });
       this.#call("configure", [ctx.newString(limitsJson)]);
-      const loaded = ctx.evalCode(source.code, source.filename ?? "task.js", {
+      let loaded = ctx.evalCode(source.code, source.filename ?? "task.js", {
         type: module ? "module" : "global",
       });
+      if (!module && loaded.error && isModuleSyntaxError(ctx.dump(loaded.error))) {
+        // an `export` or `import` the line-start check missed (minified code): a syntax
+        // error stops the parse before anything ran, so parsing again as a module is safe
+        loaded.error.dispose();
+        module = true;
+        loaded = ctx.evalCode(source.code, source.filename ?? "task.js", { type: "module" });
+      }
       if (loaded.error) {
         const error = ctx.dump(loaded.error) as unknown;
         loaded.error.dispose();
@@ -371,9 +385,30 @@ export class TaskVm {
         }
         return { kind: "done", result: status.result ?? null, resultJson };
       }
-      case "failed":
-        return { kind: "failed", error: toRunError(status.error) };
+      case "failed": {
+        const error = toRunError(status.error);
+        // at the hard end of memory QuickJS cannot even allocate its "out of memory" error
+        if (error.code === "TASK_ERROR" && this.#outOfMemory()) {
+          return { kind: "failed", error: this.#memoryError() };
+        }
+        return { kind: "failed", error };
+      }
       default:
+        if (
+          status.state === "running" && status.pending.length === 0 &&
+          !this.runtime.hasPendingJob()
+        ) {
+          // nothing in the VM can run and no host call can settle anything
+          return {
+            kind: "failed",
+            error: {
+              code: "TASK_DEADLOCK",
+              name: "TaskDeadlock",
+              message: "the task awaits a promise that nothing can settle " +
+                "(no host call is pending and no job is queued)",
+            },
+          };
+        }
         return { kind: "parked", calls: status.pending };
     }
   }
@@ -405,6 +440,7 @@ export class TaskVm {
   /** Marks the VM as restored from a snapshot of a started VM (see snapshot.ts). */
   adoptRestoredState(limits: SandboxLimits): void {
     this.#limits = limits;
+    this.#watchHeap();
     this.#started = true;
     this.#newCalls = [];
     this.state();
@@ -413,9 +449,12 @@ export class TaskVm {
   /** Bytes the QuickJS allocator holds, and the wasm memory size. */
   memoryUsage(): { heapBytes: number; wasmBytes: number } {
     const usage = this.runtime.computeMemoryUsage();
-    const dumped = this.context.dump(usage) as { malloc_size: number };
+    const dumped = this.context.dump(usage) as { memory_used_size: number };
     usage.dispose();
-    return { heapBytes: dumped.malloc_size, wasmBytes: this.instance.memory.buffer.byteLength };
+    return {
+      heapBytes: dumped.memory_used_size,
+      wasmBytes: this.instance.memory.buffer.byteLength,
+    };
   }
 
   get disposed(): boolean {
@@ -446,6 +485,31 @@ export class TaskVm {
   }
 
   // ---- internals --------------------------------------------------------------------
+
+  #watchHeap(): void {
+    const facts = this.instance.build.facts;
+    this.#watch.watchHeap(
+      this.instance.memory,
+      facts.sbrkAddress,
+      facts.heapBase + this.#limits.memoryBytes,
+    );
+  }
+
+  /** The heap reached its limit, or the memory's hard end (where even errors cannot be made). */
+  #outOfMemory(): boolean {
+    const facts = this.instance.build.facts;
+    const brk = new Uint32Array(this.instance.memory.buffer)[facts.sbrkAddress >> 2]!;
+    return this.#watch.heapOverLimit() ||
+      brk > this.instance.memory.buffer.byteLength - MEMORY_HEADROOM_MIN / 2;
+  }
+
+  #memoryError(): RunError {
+    return {
+      code: "SANDBOX_MEMORY",
+      name: "InternalError",
+      message: `out of memory: the task used more than its ${this.#limits.memoryBytes} bytes`,
+    };
+  }
 
   #recordCall(
     idHandle: QuickJSHandle,
@@ -492,10 +556,21 @@ export class TaskVm {
     if (this.#disposed) throw new Error("the VM was disposed");
     if (this.#crashed) return undefined;
     const start = performance.now();
-    this.#deadline.arm(this.#limits.sliceMs, start);
+    this.#watch.arm(this.#limits.sliceMs, start);
     try {
       return body();
     } catch (e) {
+      if (e instanceof RangeError && /call stack/i.test(e.message)) {
+        // V8's own stack, which every QuickJS frame also uses, ran out before QuickJS's
+        // limit; the wasm call stack unwound mid-flight, so the VM is not usable
+        this.#crashed = true;
+        this.#hostFailure = {
+          code: "SANDBOX_STACK",
+          name: "InternalError",
+          message: "stack overflow: the task recursed deeper than the host allows",
+        };
+        return undefined;
+      }
       if (e instanceof WebAssembly.RuntimeError || isAbort(e)) {
         this.#crashed = true;
         this.#hostFailure = {
@@ -507,9 +582,11 @@ export class TaskVm {
       }
       throw e;
     } finally {
-      this.#deadline.disarm();
+      this.#watch.disarm();
       this.cpuMs += performance.now() - start;
-      if (this.#deadline.fired && !this.#hostFailure) {
+      if (this.#watch.fired === "memory" && !this.#hostFailure) {
+        this.#hostFailure = this.#memoryError();
+      } else if (this.#watch.fired === "time" && !this.#hostFailure) {
         this.#hostFailure = {
           code: "SANDBOX_TIMEOUT",
           name: "SandboxTimeout",
@@ -653,6 +730,23 @@ function jobError(dumped: unknown): RunError {
     message: e.message ?? String(dumped),
     ...(e.stack ? { stack: e.stack } : {}),
   });
+}
+
+function isModuleSyntaxError(dumped: unknown): boolean {
+  const e = dumped as { name?: string; message?: string } | null;
+  return e?.name === "SyntaxError" && /\b(export|import)\b/.test(e.message ?? "");
+}
+
+/**
+ * Memory past the heap limit, for the allocations between two interrupt checks and for
+ * QuickJS to build its "out of memory" error when a single allocation fails.
+ */
+const MEMORY_HEADROOM_MIN = 4 * 1024 * 1024;
+
+/** Wasm pages for a VM: static data and C stack (below heapBase), the heap limit, headroom. */
+export function wasmPagesFor(limits: SandboxLimits, heapBase: number): number {
+  const headroom = Math.max(MEMORY_HEADROOM_MIN, limits.memoryBytes / 8);
+  return Math.ceil((heapBase + limits.memoryBytes + headroom) / 65536);
 }
 
 function isAbort(e: unknown): boolean {

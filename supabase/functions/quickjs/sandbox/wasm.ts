@@ -15,7 +15,7 @@ import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.jso
   type: "json",
 };
 import syncPackage from "@jitl/quickjs-wasmfile-release-sync/package.json" with { type: "json" };
-import { MAX_STACK_BYTES } from "./limits.ts";
+import { DEAD_STACK_BYTES } from "./layout.ts";
 
 /**
  * The one build the product runs on. The asyncify build is what lets a host function
@@ -28,7 +28,7 @@ export type BuildVariant = "asyncify" | "sync";
 /** 64 KiB, the unit of WebAssembly.Memory. */
 export const WASM_PAGE = 65536;
 /** The wasm declares its memory import with a maximum of 32768 pages (2 GiB). */
-const MAX_WASM_PAGES = 32768;
+export const MAX_WASM_PAGES = 32768;
 
 /**
  * emscripten writes `_=<thisProgram>` and `LANG=<navigator.language>.UTF-8` into the C
@@ -121,27 +121,47 @@ async function readWasm(url: string): Promise<Uint8Array<ArrayBuffer>> {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-/** A fresh module instance over a memory of `pages` wasm pages. */
 export interface WasmInstance {
   build: WasmBuild;
   memory: WebAssembly.Memory;
   module: QuickJSAsyncWASMModule | QuickJSWASMModule;
   /** Current value of the C stack pointer. */
   stackPointer(): number;
+  /** What emscripten printed (assertion messages before an abort). */
+  stderr: string[];
 }
 
-export async function instantiate(build: WasmBuild, pages?: number): Promise<WasmInstance> {
-  const initial = Math.max(build.facts.minPages, pages ?? build.facts.minPages);
-  const memory = new WebAssembly.Memory({ initial, maximum: MAX_WASM_PAGES });
+/**
+ * A fresh module instance over a memory of exactly `pages` wasm pages that can never grow:
+ * that bounds the VM's memory in bytes (QuickJS's own limit counts allocations in this
+ * build, not bytes) and keeps emscripten's views of the memory valid (quickjs-emscripten
+ * 0.32 reads through a stale view when a job grows memory). V8 commits pages lazily.
+ */
+export async function instantiate(
+  build: WasmBuild,
+  pages?: number,
+  options: { now?: () => number } = {},
+): Promise<WasmInstance> {
+  const size = Math.min(
+    MAX_WASM_PAGES,
+    Math.max(build.facts.minPages, pages ?? build.facts.minPages),
+  );
+  const memory = new WebAssembly.Memory({ initial: size, maximum: size });
+  const stderr: string[] = [];
   let exports: WebAssembly.Exports | undefined;
   const variant = newVariant(build.variantModule as never, {
     wasmMemory: memory,
     emscriptenModule: {
       thisProgram: PINNED_THIS_PROGRAM,
+      // emscripten prints its aborts (a failed QuickJS assertion) before it throws them; the
+      // thrown RuntimeError carries the same text, so keep stdout and stderr clean
+      print: (text: string) => stderr.push(text),
+      printErr: (text: string) => stderr.push(text),
       instantiateWasm(
         imports: WebAssembly.Imports,
         onSuccess: (instance: WebAssembly.Instance, module: WebAssembly.Module) => void,
       ) {
+        if (options.now) replaceWallClock(imports, options.now);
         const instance = new WebAssembly.Instance(build.compiled, imports);
         exports = instance.exports;
         onSuccess(instance, build.compiled);
@@ -157,7 +177,22 @@ export async function instantiate(build: WasmBuild, pages?: number): Promise<Was
   if (module.getWasmMemory() !== memory) throw new Error("QuickJS did not use the given memory");
   const stackSave = exports?.[build.facts.stackSaveExport];
   if (typeof stackSave !== "function") throw new Error("stackSave export not found");
-  return { build, memory, module, stackPointer: stackSave as () => number };
+  return { build, memory, module, stackPointer: stackSave as () => number, stderr };
+}
+
+/**
+ * Points the VM's wall clock (Date.now, new Date(): emscripten's one `() => Date.now()`
+ * import) at the engine's clock, so a task sees the same time its sleeps are measured in,
+ * also when tests or the local runner move that clock ahead.
+ */
+function replaceWallClock(imports: WebAssembly.Imports, now: () => number): void {
+  for (const module of Object.values(imports)) {
+    for (const [name, value] of Object.entries(module)) {
+      if (typeof value === "function" && /^\(\)\s*=>\s*Date\.now\(\)$/.test(String(value))) {
+        (module as Record<string, unknown>)[name] = () => now();
+      }
+    }
+  }
 }
 
 /**
@@ -272,9 +307,9 @@ export function analyseWasm(bytes: Uint8Array): BuildFacts {
   if (sbrkCandidates.length !== 1) {
     throw new Error(`wasm: expected one sbrk_val candidate, found ${sbrkCandidates.length}`);
   }
-  // The C stack lies between the static data and the heap base; it must hold the largest
-  // stack a task may ask for, plus static data the initialised segments do not cover.
-  if (heapBase - dataEnd < MAX_STACK_BYTES + 65536) {
+  // The C stack lies between the static data and the heap base: snapshots skip its top
+  // DEAD_STACK_BYTES (layout.ts), which must leave the bss (a few KiB) untouched.
+  if (heapBase - dataEnd < DEAD_STACK_BYTES + 65536) {
     throw new Error(
       `wasm: the C stack (${heapBase - dataEnd} bytes) is smaller than the limits assume`,
     );

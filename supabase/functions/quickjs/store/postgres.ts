@@ -13,8 +13,13 @@ export function postgresDriver(url: string, options: { max?: number } = {}): Sql
     kind: "postgres",
     description: redactUrl(url),
     async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
-      // postgres.js describes the statement and serializes each value by its type
-      const { text, params } = sqlCall(op, args, (_type, value) => value);
+      // postgres.js infers a type from a plain JS value (a boolean is a bool, not jsonb):
+      // mark JSON explicitly
+      const { text, params } = sqlCall(
+        op,
+        args,
+        (type, value) => type === "jsonb" || type === "text[]" ? sql.json(value as never) : value,
+      );
       const rows = await sql.unsafe(text, params as never[]);
       return rows[0]?.result ?? null;
     },
