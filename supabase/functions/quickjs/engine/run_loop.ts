@@ -105,7 +105,7 @@ export class Engine {
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
   async claimAndRun(
-    options: { runId?: string; limit?: number; signal?: AbortSignal } = {},
+    options: { runId?: string; limit?: number } & InvocationSignals = {},
   ): Promise<InvocationResult[]> {
     const claimed = await this.store.claimRuns({
       worker: this.workerId,
@@ -114,13 +114,26 @@ export class Engine {
       runId: options.runId,
       now: this.clock.now(),
     });
-    return await Promise.all(claimed.map((run) => this.runClaimed(run, options.signal)));
+    return await Promise.all(claimed.map((run) => this.runClaimed(run, options)));
   }
 
   /** One invocation of a run this worker holds the lease of. */
-  runClaimed(run: ClaimedRun, signal?: AbortSignal): Promise<InvocationResult> {
-    return new Invocation(this, run, signal).run();
+  runClaimed(run: ClaimedRun, signals: InvocationSignals = {}): Promise<InvocationResult> {
+    return new Invocation(this, run, signals).run();
   }
+}
+
+export interface InvocationSignals {
+  /**
+   * Stop at once and write nothing, as if the process had died: the lease runs out and
+   * another worker continues from the last snapshot. (Tests use it to simulate crashes.)
+   */
+  abort?: AbortSignal;
+  /**
+   * Hand the run over: suspend at the next idle point, to continue at once in another
+   * invocation (a worker shutting down gracefully).
+   */
+  yield?: AbortSignal;
 }
 
 /** Marks the end of an invocation that lost its lease; unwinds to Invocation.run. */
@@ -162,13 +175,17 @@ class Invocation {
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
 
-  constructor(engine: Engine, run: ClaimedRun, signal?: AbortSignal) {
+  readonly #yield: AbortSignal | undefined;
+
+  constructor(engine: Engine, run: ClaimedRun, signals: InvocationSignals) {
     this.#engine = engine;
     this.#run = run;
     this.#lease = { runId: run.id, token: run.fencingToken };
     this.#limits = resolveLimits(run.limits);
     for (const call of run.calls) this.#journal.set(call.seq, call);
-    signal?.addEventListener("abort", () => this.#abort.abort(signal.reason), { once: true });
+    const abort = signals.abort;
+    abort?.addEventListener("abort", () => this.#abort.abort(abort.reason), { once: true });
+    this.#yield = signals.yield;
   }
 
   get #store(): Store {
@@ -519,6 +536,8 @@ class Invocation {
         }
         if (this.#abort.signal.aborted) resolve("lost");
         else this.#abort.signal.addEventListener("abort", () => resolve("lost"), { once: true });
+        if (this.#yield?.aborted) resolve("budget");
+        else this.#yield?.addEventListener("abort", () => resolve("budget"), { once: true });
       });
       clearTimeout(budget);
       wait.abort();
@@ -575,7 +594,9 @@ class Invocation {
     const waitingOn: WaitingOn = { calls: parked };
     if (children.length) waitingOn.children = children;
     if (wakeAt) waitingOn.wakeAt = wakeAt.toISOString();
-    if (reason === "budget") {
+    if (reason === "budget" && this.#yield?.aborted) {
+      this.#system(`handed over by ${this.#engine.workerId} (shutting down)`);
+    } else if (reason === "budget") {
       this.#system(
         `invocation budget spent (${Math.round(vm.cpuMs)} ms in the VM, ` +
           `${Math.round(performance.now() - this.#started)} ms in all): continuing in a new one`,
@@ -621,7 +642,8 @@ class Invocation {
   }
 
   #budgetSpent(): boolean {
-    return this.#wallLeftMs() <= 0 || (this.#vm?.cpuMs ?? 0) >= this.#engine.budget.cpuMs;
+    return this.#yield?.aborted === true || this.#wallLeftMs() <= 0 ||
+      (this.#vm?.cpuMs ?? 0) >= this.#engine.budget.cpuMs;
   }
 
   #startHeartbeat(): void {
