@@ -1,0 +1,77 @@
+/**
+ * pg_cron for real: the migration schedules quickjs.tick() every minute, and pg_cron's own
+ * scheduler runs it, which wakes a sleeper that is due. Needs a server with pg_cron
+ * preloaded (.ci/run starts one, with cron.database_name = quickjs_cron); elsewhere the
+ * test says so and is skipped.
+ */
+import assert from "node:assert/strict";
+import postgres from "postgres";
+import { findServer } from "../support/db.ts";
+import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+
+const server = await findServer();
+let cronDatabase: string | undefined;
+if (server) {
+  const sql = postgres(server, { max: 1, onnotice: () => {} });
+  try {
+    const [row] = await sql`
+      select current_setting('shared_preload_libraries', true) as preload,
+             current_setting('cron.database_name', true) as db`;
+    if (String(row?.preload ?? "").includes("pg_cron") && row?.db) cronDatabase = String(row.db);
+  } finally {
+    await sql.end();
+  }
+}
+if (!cronDatabase) {
+  console.log("[tests] pg_cron is not preloaded on this server: the pg_cron test is skipped");
+}
+
+Deno.test({
+  name: "pg_cron runs quickjs.tick() every minute, and the tick wakes a sleeper that is due",
+  ignore: !cronDatabase,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const url = new URL(server!);
+    url.pathname = `/${cronDatabase}`;
+    const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
+    try {
+      // a fresh schema in pg_cron's database, which outlives test runs
+      await sql.unsafe(`
+        do $$ begin
+          if to_regnamespace('cron') is not null then
+            perform cron.unschedule(jobid) from cron.job where jobname = 'quickjs-tick';
+          end if;
+        end $$;
+        drop schema if exists quickjs cascade;
+        drop schema if exists supabase_migrations cascade;`);
+      await migrate({
+        exec: async (text) => void await sql.unsafe(text),
+        query: async (text, params) => ({ rows: await sql.unsafe(text, params) }),
+      });
+      const jobs = await sql`select schedule, command from cron.job where jobname = 'quickjs-tick'`;
+      assert.deepEqual(
+        jobs.map((j) => ({ ...j })),
+        [{ schedule: "* * * * *", command: "select quickjs.tick()" }],
+      );
+      await sql`select quickjs.publish_task('cron_sleeper', 'export default async () => 1')`;
+      const [{ id }] = await sql`select (quickjs.enqueue_run('cron_sleeper') ->> 'id')::uuid as id`;
+      await sql`
+        update quickjs.runs set status = 'suspended', wake_at = now() - interval '1 second',
+          waiting_on = '{"calls": [1]}' where id = ${id}`;
+      // pg_cron 1.4 schedules by the minute: within ~70 s its tick must have run
+      let status = "suspended";
+      for (let waited = 0; waited < 75 && status === "suspended"; waited++) {
+        await new Promise((r) => setTimeout(r, 1000));
+        [{ status }] = await sql`select status::text from quickjs.runs where id = ${id}`;
+      }
+      assert.equal(status, "queued", "pg_cron's tick woke the run");
+      const [details] = await sql`
+        select d.status from cron.job_run_details d join cron.job j using (jobid)
+        where j.jobname = 'quickjs-tick' order by d.start_time desc limit 1`;
+      assert.equal(details?.status, "succeeded");
+    } finally {
+      await sql.end();
+    }
+  },
+});
