@@ -55,7 +55,8 @@ Deno.test({
         [{ schedule: "* * * * *", command: "select quickjs.tick()" }],
       );
       await sql`select quickjs.publish_task('cron_sleeper', 'export default async () => 1')`;
-      const [{ id }] = await sql`select (quickjs.enqueue_run('cron_sleeper') ->> 'id')::uuid as id`;
+      const [run] = await sql`select (quickjs.enqueue_run('cron_sleeper') ->> 'id')::uuid as id`;
+      const id = String(run!.id);
       await sql`
         update quickjs.runs set status = 'suspended', wake_at = now() - interval '1 second',
           waiting_on = '{"calls": [1]}' where id = ${id}`;
@@ -63,7 +64,8 @@ Deno.test({
       let status = "suspended";
       for (let waited = 0; waited < 75 && status === "suspended"; waited++) {
         await new Promise((r) => setTimeout(r, 1000));
-        [{ status }] = await sql`select status::text from quickjs.runs where id = ${id}`;
+        const [row] = await sql`select status::text from quickjs.runs where id = ${id}`;
+        status = String(row!.status);
       }
       assert.equal(status, "queued", "pg_cron's tick woke the run");
       const [details] = await sql`
