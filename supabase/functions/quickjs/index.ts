@@ -12,6 +12,7 @@ import { pgliteDriver } from "./store/pglite.ts";
 import { postgresDriver } from "./store/postgres.ts";
 import { type SqlDriver, Store } from "./store/store.ts";
 import { supabaseDriver } from "./store/supabase.ts";
+import { fileURLToPath } from "node:url";
 
 type Env = { get(name: string): string | undefined };
 type App = (request: Request) => Promise<Response>;
@@ -77,13 +78,10 @@ async function devDatabase(): Promise<SqlDriver> {
     exec: async (text) => void await driver.db.exec(text),
     query: async (text, params) => await driver.db.query(text, params),
   });
-  const store = new Store(driver);
   try {
-    for await (const entry of Deno.readDir(EXAMPLES_DIR)) {
-      if (!entry.isFile || !entry.name.endsWith(".js")) continue;
-      const code = await Deno.readTextFile(new URL(entry.name, EXAMPLES_DIR));
-      await store.publishTask({ name: entry.name.slice(0, -3), code });
-    }
+    // the same loader as `deno task publish` (names, @limits, @tools); dev only
+    const { publishTasks } = await import("../../../scripts/lib/task_files.ts");
+    await publishTasks(new Store(driver), fileURLToPath(EXAMPLES_DIR));
   } catch (e) {
     // deployed bundles carry no examples folder
     if (!(e instanceof Deno.errors.NotFound)) throw e;

@@ -106,6 +106,8 @@ export const OPERATIONS = {
   kv_set: { p_key: "text", p_value: "jsonb", p_secret: "boolean" },
   kv_delete: { p_key: "text" },
   get_service: { p_name: "text" },
+  repair_run: { p_run_id: "uuid", p_now: "timestamptz" },
+  list_snapshots: { p_limit: "int" },
 } as const satisfies Record<string, Record<string, SqlType>>;
 
 export type Operation = keyof typeof OPERATIONS;

@@ -408,4 +408,46 @@ export class Store {
   close(): Promise<void> {
     return this.driver.close();
   }
+
+  /**
+   * Repairs one stuck run (see quickjs.find_stuck_runs): requeues an expired lease, fails a
+   * suspended run without a snapshot (RUN_UNRECOVERABLE), settles calls from children that
+   * ended and queues the run, or announces a due run again. RUN_NOT_FOUND if it does not exist.
+   */
+  repairRun(runId: string, now?: Date): Promise<RepairResult> {
+    return this.#call("repair_run", { p_run_id: runId, p_now: now });
+  }
+
+  /** The largest snapshots, and the count and total size of all of them. */
+  listSnapshots(limit?: number): Promise<SnapshotList> {
+    return this.#call("list_snapshots", { p_limit: limit });
+  }
+}
+
+/** What quickjs.repair_run did with a run. */
+export interface RepairResult {
+  action: "requeued" | "failed" | "settled" | "queued" | "dispatched" | "none";
+  /** Why, in words (null when nothing was done). */
+  reason: string | null;
+  /** The run afterwards. */
+  run: RunView;
+}
+
+/** quickjs.list_snapshots: a capacity view. */
+export interface SnapshotList {
+  count: number;
+  totalBytes: number;
+  snapshots: {
+    runId: string;
+    task: string;
+    taskVersion: number;
+    status: RunStatus;
+    sizeBytes: number;
+    /** The VM's wasm memory (what a restore allocates). */
+    memoryBytes: number | null;
+    pageCount: number | null;
+    variant: string;
+    packageVersion: string;
+    createdAt: string;
+  }[];
 }
