@@ -24,6 +24,9 @@ import { resolveLimits } from "../supabase/functions/quickjs/sandbox/limits.ts";
 import type { BuildVariant } from "../supabase/functions/quickjs/sandbox/wasm.ts";
 import type { Lease } from "../supabase/functions/quickjs/store/store.ts";
 import { openTestDb, type TestDb } from "../tests/support/db.ts";
+import { Engine } from "../supabase/functions/quickjs/engine/run_loop.ts";
+import { ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
+import { createApp } from "../supabase/functions/quickjs/http/app.ts";
 
 const VARIANTS: BuildVariant[] = ["asyncify", "sync"];
 const LIMITS = resolveLimits({});
@@ -342,6 +345,49 @@ async function measureResumeAfterCalls(ns: number[], reps: number) {
   return rows;
 }
 
+// ---- (5) a trivial run end to end: engine, and HTTP through the edge function's handler -----
+
+/**
+ * A trivial run start to finish: enqueue, claim, fresh VM, run, complete (engine), and the
+ * same through `POST /quickjs/runs` with `wait` (auth, validation, then a GET of the run).
+ */
+async function measureEndToEnd(db: TestDb, reps: number) {
+  const store = db.store;
+  const engine = new Engine({ store, tools: new ToolRegistry(store), workerId: "bench" });
+  const app = createApp({
+    store,
+    engine,
+    auth: { serviceRoleKey: "bench-key" },
+    runInBackground: (work) => void work.catch(() => {}),
+  });
+  await store.publishTask({ name: "bench_trivial", code: TRIVIAL_TASK });
+  const engineMs: number[] = [];
+  const httpMs: number[] = [];
+  for (let i = 0; i < reps + 5; i++) {
+    let t = performance.now();
+    const run = await store.enqueueRun({ task: "bench_trivial", input: { i } });
+    const [done] = await engine.claimAndRun({ runId: run.id });
+    assert.equal(
+      done?.status,
+      "completed",
+      JSON.stringify({ run, done, now: new Date(), after: await store.getRun(run.id) }),
+    );
+    if (i >= 5) engineMs.push(performance.now() - t);
+    t = performance.now();
+    const response = await app(
+      new Request("http://localhost/quickjs/runs", {
+        method: "POST",
+        headers: { authorization: "Bearer bench-key", "content-type": "application/json" },
+        body: JSON.stringify({ task: "bench_trivial", input: { i }, wait: 5000 }),
+      }),
+    );
+    const body = await response.json();
+    assert.equal(body.run?.status, "completed", JSON.stringify(body));
+    if (i >= 5) httpMs.push(performance.now() - t);
+  }
+  return { engine_trivial_run_ms: stats(engineMs), http_trivial_run_ms: stats(httpMs) };
+}
+
 // ---- output ---------------------------------------------------------------------------------
 
 function table(header: string[], rows: (string | number)[][]): string {
@@ -386,6 +432,15 @@ function render(results: Results): string {
       ["snapshot_bytes_10k_objects (parked on one call)", results.snapshot_bytes_10k_objects],
       ["snapshot_ms_10k_objects_p50", results.sizes["10k_objects"]!.snapshot_ms.p50],
       ["restore_ms_10k_objects_p50", results.sizes["10k_objects"]!.restore_ms.p50],
+    ]),
+    "",
+    `Trivial run end to end on ${results.database.kind}: medians of ${results.end_to_end.http_trivial_run_ms.n}`,
+    table(["metric", "value"], [
+      [
+        "engine_trivial_run_ms_p50 (enqueue + claim + VM + complete)",
+        results.engine_trivial_run_ms_p50,
+      ],
+      ["http_trivial_run_ms_p50 (POST /quickjs/runs with wait)", results.http_trivial_run_ms_p50],
     ]),
     "",
     "Resume after N prior calls: restore (+ settle + finish) vs replay (re-run with journaled results + settle + finish), medians (ms)",
@@ -434,9 +489,12 @@ async function bench(options: { quick: boolean; log: (line: string) => void }) {
   log("store: opening the database");
   const db = await openTestDb("bench");
   let cycle: Awaited<ReturnType<typeof measureStoreCycle>>;
+  let endToEnd: Awaited<ReturnType<typeof measureEndToEnd>>;
   try {
     log(`store cycle on ${db.kind}`);
     cycle = await measureStoreCycle(db, reps(200));
+    log(`trivial runs end to end on ${db.kind}`);
+    endToEnd = await measureEndToEnd(db, reps(100));
   } finally {
     await db.close({ drop: true });
   }
@@ -465,6 +523,8 @@ async function bench(options: { quick: boolean; log: (line: string) => void }) {
     restore_only_ms_p50: cycle.restore_only_ms.p50,
     claim_ms_p50: cycle.claim_ms.p50,
     resume_with_claim_ms_p50: cycle.resume_with_claim_ms.p50,
+    engine_trivial_run_ms_p50: endToEnd.engine_trivial_run_ms.p50,
+    http_trivial_run_ms_p50: endToEnd.http_trivial_run_ms.p50,
     snapshot_bytes_small: sizes.small!.bytes,
     snapshot_bytes_10k_objects: sizes["10k_objects"]!.bytes,
     resume_ms_p50_n10: byCalls.find((r) => r.n === 10)!.restore_ms.p50,
@@ -487,6 +547,7 @@ async function bench(options: { quick: boolean; log: (line: string) => void }) {
     asyncify_over_sync: asyncifyOverSync,
     variants,
     store_cycle: cycle,
+    end_to_end: endToEnd,
     sizes,
     resume_by_prior_calls: byCalls,
     bench_seconds: round((performance.now() - started) / 1000, 1),

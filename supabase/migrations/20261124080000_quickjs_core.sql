@@ -413,12 +413,15 @@ create function quickjs.claim_runs(
 returns jsonb language plpgsql as $$
 declare
   v_claimed jsonb;
+  -- p_now usually comes from a JavaScript clock (milliseconds) while run_at may come from
+  -- now() (microseconds): a run enqueued in the same millisecond is due too
+  v_due timestamptz := p_now + interval '999 microseconds';
 begin
   perform quickjs.requeue_expired_leases(p_now);
   with picked as (
     select id from quickjs.runs
     where (p_run_id is null or id = p_run_id)
-      and ((status = 'queued' and run_at <= p_now) or (status = 'suspended' and wake_at <= p_now))
+      and ((status = 'queued' and run_at <= v_due) or (status = 'suspended' and wake_at <= v_due))
     order by coalesce(wake_at, run_at), created_at
     limit greatest(p_limit, 1)
     for update skip locked

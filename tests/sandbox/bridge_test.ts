@@ -253,3 +253,27 @@ Deno.test({
     assert.equal(run.state.kind, "failed", `ended ${JSON.stringify(run.state)}`);
   },
 });
+
+Deno.test("thousands of host calls leave the heap where it was (nothing accumulates per call)", async () => {
+  using vm = await newVm();
+  const facts = vm.instance.build.facts;
+  const heapBreak = () => new Uint32Array(vm.instance.memory.buffer)[facts.sbrkAddress >> 2]!;
+  let state = vm.start(
+    { code: `export default async function () { for (;;) await tools.svc.ping(1); }` },
+    null,
+    TEST_CONTEXT,
+  );
+  const roundTrips = (n: number) => {
+    for (let i = 0; i < n; i++) {
+      const [call] = vm.takeCalls();
+      assert.ok(call && state.kind === "parked");
+      vm.settle(call.id, ok(i));
+      state = vm.run();
+    }
+  };
+  roundTrips(500); // warm: the allocator reaches its working set
+  const warm = heapBreak();
+  roundTrips(3000);
+  // a per-call leak of even one small block would move the break by tens of KiB here
+  assert.equal(heapBreak(), warm, `the heap grew by ${heapBreak() - warm} bytes`);
+});
