@@ -7,7 +7,12 @@ export default async function ({ chunks = 5 }) {
   for (let chunk = 0; chunk < chunks; chunk++) {
     for (let n = chunk * 20000; n < (chunk + 1) * 20000; n++) {
       let prime = n > 1;
-      for (let d = 2; d * d <= n; d++) if (n % d === 0) { prime = false; break; }
+      for (let d = 2; d * d <= n; d++) {
+        if (n % d === 0) {
+          prime = false;
+          break;
+        }
+      }
       if (prime) primes++;
     }
     await checkpoint();

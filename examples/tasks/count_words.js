@@ -1,3 +1,4 @@
+// deno-lint-ignore-file require-await
 /**
  * Counts words in a text, in the CommonJS shape of the system this replaces.
  * Input: { text }.

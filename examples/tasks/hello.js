@@ -1,3 +1,4 @@
+// deno-lint-ignore-file require-await
 /**
  * Greets someone: the smallest task. Input: { name }.
  */

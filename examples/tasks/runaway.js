@@ -1,9 +1,9 @@
+// deno-lint-ignore-file require-await
 /**
  * A broken task: it never awaits, so the sandbox interrupts it at its CPU deadline and the
  * run fails with SANDBOX_TIMEOUT. The host and other runs are unaffected.
  * @limits {"sliceMs": 200}
  */
-// deno-lint-ignore require-await
 export default async function () {
   let n = 0;
   while (true) n++;
