@@ -13,16 +13,23 @@ export function defaultDb(): string {
   return Deno.env.get("DATABASE_URL") ?? Deno.env.get("SUPABASE_DB_URL") ?? "pglite";
 }
 
-export async function openStore(db: string = defaultDb()): Promise<Store> {
+export async function openStore(
+  db: string = defaultDb(),
+  options: { migrate?: boolean } = {},
+): Promise<Store> {
+  const apply = options.migrate ?? true;
   if (db === "pglite" || db.startsWith("pglite:")) {
     const dataDir = db.startsWith("pglite:") ? db.slice("pglite:".length) : undefined;
     const driver = await pgliteDriver(dataDir ? { dataDir } : {});
-    await migrate({
-      exec: async (sql) => void await driver.db.exec(sql),
-      query: async (sql, params) => await driver.db.query(sql, params),
-    });
+    if (apply) {
+      await migrate({
+        exec: async (sql) => void await driver.db.exec(sql),
+        query: async (sql, params) => await driver.db.query(sql, params),
+      });
+    }
     return new Store(driver);
   }
+  if (!apply) return new Store(postgresDriver(db));
   const admin = postgres(db, { max: 1, onnotice: () => {} });
   try {
     await migrate({

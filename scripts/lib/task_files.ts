@@ -5,7 +5,7 @@
  */
 import { basename, extname, join } from "node:path";
 import type { PublishedTask, Store } from "../../supabase/functions/quickjs/store/store.ts";
-import { resolveLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
+import { LIMIT_BOUNDS, resolveLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
 
 export interface TaskFile {
   path: string;
@@ -19,7 +19,8 @@ export interface TaskFile {
 export async function readTaskFile(path: string): Promise<TaskFile> {
   const code = await Deno.readTextFile(path);
   const doc = /\/\*\*([\s\S]*?)\*\//.exec(code)?.[1] ?? "";
-  const lines = doc.split("\n").map((l) => l.replace(/^\s*\*\s?/, "").trimEnd());
+  // "/** @task x */" on one line has no leading "*" to strip
+  const lines = doc.split("\n").map((l) => l.replace(/^\s*\*?\s*/, "").trim());
   const tag = (name: string) =>
     lines.find((l) => l.startsWith(`@${name} `) || l === `@${name}`)?.slice(name.length + 1).trim();
   const name = tag("task") || basename(path, extname(path));
@@ -32,7 +33,24 @@ export async function readTaskFile(path: string): Promise<TaskFile> {
     } catch {
       throw new Error(`${path}: @limits must be JSON, e.g. @limits {"memoryBytes": 33554432}`);
     }
-    resolveLimits(limits); // refuse out-of-range limits here, not at run time
+    if (typeof limits !== "object" || limits === null || Array.isArray(limits)) {
+      throw new Error(
+        `${path}: bad @limits: it must be a JSON object, e.g. {"memoryBytes": 33554432}`,
+      );
+    }
+    const unknown = Object.keys(limits).filter((k) => !(k in LIMIT_BOUNDS));
+    if (unknown.length) {
+      throw new Error(
+        `${path}: bad @limits: unknown limit ${unknown.join(", ")} (known: ${
+          Object.keys(LIMIT_BOUNDS).join(", ")
+        })`,
+      );
+    }
+    try {
+      resolveLimits(limits); // refuse out-of-range limits here, not at run time
+    } catch (e) {
+      throw new Error(`${path}: bad @limits: ${(e as Error).message}`);
+    }
   }
   const toolsTag = tag("tools");
   const allowedTools = toolsTag === undefined ? null : toolsTag.split(/[\s,]+/).filter(Boolean);

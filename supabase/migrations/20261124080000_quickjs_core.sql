@@ -210,6 +210,7 @@ create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stab
     'id', r.id, 'task', r.task_name, 'taskId', r.task_id, 'taskVersion', r.task_version,
     'status', r.status, 'input', r.input, 'result', r.result, 'error', r.error,
     'attempts', r.attempts, 'suspensions', r.suspensions, 'wakeAt', r.wake_at,
+    'leaseExpirations', r.lease_expirations,
     'waitingOn', r.waiting_on, 'parentRunId', r.parent_run_id, 'parentCallSeq', r.parent_call_seq,
     'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
     'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
@@ -460,6 +461,7 @@ returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
   c quickjs.calls;
+  v_replaced boolean := false;
 begin
   select * into c from quickjs.calls where run_id = r.id and seq = p_seq for update;
   if found and c.service = p_service and c.method_path = p_method_path and c.args = p_args then
@@ -475,8 +477,10 @@ begin
     return quickjs.call_json(c) || '{"replayed": false}';
   end if;
   if found then
-    -- the task took another path than before the crash: this is a different call
+    -- the task took another path than before the crash: this is a different call, with a
+    -- key of its own (a service that deduplicates must not answer it with the old result)
     delete from quickjs.calls where run_id = r.id and seq = p_seq;
+    v_replaced := true;
     perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
       'level', 'system', 'at', extract(epoch from p_now) * 1000, 'message', format(
         'call %s is now %s.%s; the journal had %s.%s from an earlier attempt', p_seq, p_service,
@@ -487,7 +491,10 @@ begin
   values (r.id, p_seq, p_service, p_method_path, p_args, p_mode,
           case when p_mode = 'inline' then 'started' else 'pending' end::quickjs.call_status,
           case when p_mode = 'inline' then 1 else 0 end,
-          r.id || ':' || p_seq, p_wake_at, p_now,
+          r.id || ':' || p_seq || case when v_replaced then ':' || left(md5(
+            p_service || ':' || array_to_string(p_method_path, '.') || ':' || p_args::text), 8)
+            else '' end,
+          p_wake_at, p_now,
           case when p_mode = 'inline' then p_now end)
   returning * into c;
   return quickjs.call_json(c) || '{"replayed": false}';
@@ -752,11 +759,12 @@ returns jsonb language sql stable as $$
   select quickjs.run_json(r) || jsonb_build_object('logs', coalesce((
     select jsonb_agg(jsonb_build_object('level', l.level, 'message', l.message,
       'at', l.logged_at, 'attempt', l.attempt) order by l.id)
-    from (select * from quickjs.run_logs where run_id = r.id order by id limit p_log_limit) l), '[]'))
+    from (select * from quickjs.run_logs where run_id = r.id order by id desc limit p_log_limit) l),
+    '[]'))
   from quickjs.runs r
   where r.id = p_run_id and (p_owner_id is null or r.owner_id = p_owner_id)
 $$;
-comment on function quickjs.get_run is 'A run with its logs, or null (also when it is not p_owner_id''s).';
+comment on function quickjs.get_run is 'A run with its last p_log_limit log lines, or null (also when it is not p_owner_id''s).';
 
 create function quickjs.list_calls(p_run_id uuid) returns jsonb language sql stable as $$
   select coalesce(jsonb_agg(quickjs.call_json(c) order by c.seq), '[]')
@@ -794,6 +802,12 @@ returns jsonb language sql stable as $$
           and c.status not in ('completed', 'failed', 'cancelled'))
         and not exists (select 1 from quickjs.calls k where k.run_id = r.id and k.status in ('succeeded', 'failed')
           and k.seq = any ((select parked_calls from quickjs.snapshots s where s.run_id = r.id)::int[]))
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended though a parked call settled', 'since', r.updated_at)
+      from quickjs.runs r join quickjs.snapshots s on s.run_id = r.id
+      where r.status = 'suspended' and r.wake_at is null
+        and exists (select 1 from quickjs.calls k where k.run_id = r.id and k.seq = any (s.parked_calls)
+          and k.status in ('succeeded', 'failed'))
     union all
     select quickjs.run_json(r) || jsonb_build_object('problem', 'due but not picked up for 10 minutes', 'since', coalesce(r.wake_at, r.run_at))
       from quickjs.runs r where (r.status = 'queued' and r.run_at < p_now - interval '10 minutes')

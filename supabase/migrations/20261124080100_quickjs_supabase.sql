@@ -21,8 +21,10 @@ begin
       using (exists (select 1 from quickjs.runs r
                      where r.id = run_id and r.owner_id = quickjs.current_user_id()));
   end if;
-  -- functions are executable by PUBLIC by default; the state machine is not
+  -- functions are executable by PUBLIC by default; the state machine is not, nor are
+  -- functions later migrations add
   revoke execute on all functions in schema quickjs from public;
+  alter default privileges in schema quickjs revoke execute on functions from public;
   if exists (select 1 from pg_roles where rolname = 'authenticated') then
     grant execute on function quickjs.current_user_id() to authenticated;
   end if;

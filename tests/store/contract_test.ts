@@ -588,8 +588,9 @@ function contractSuite(
           ["error", "third", at(3).getTime(), 1],
         ],
       );
+      // the last lines: what an operator looking at a long run wants
       const limited = await store.getRun(run.id, { logLimit: 2 });
-      assert.deepEqual(limited?.logs?.map((l) => l.message), ["first", "second ✓"]);
+      assert.deepEqual(limited?.logs?.map((l) => l.message), ["second ✓", "third"]);
       await rejectsWith(
         store.appendLogs({ runId: run.id, token: run.fencingToken - 1 }, [
           { level: "log", message: "x", at: 0 },

@@ -99,10 +99,19 @@ export async function httpFetch(
       }
       continue;
     }
-    const text = await readCapped(
-      response,
-      options.maxResponseBytes ?? HTTP_DEFAULTS.maxResponseBytes,
-    );
+    let text: string;
+    try {
+      text = await readCapped(response, options.maxResponseBytes ?? HTTP_DEFAULTS.maxResponseBytes);
+    } catch (e) {
+      if (e instanceof ToolError) throw e;
+      if (timeout.aborted) {
+        throw new ToolError(
+          "HTTP_TIMEOUT",
+          `http.fetch ${url.host}: the body did not arrive within the timeout`,
+        );
+      }
+      throw new ToolError("HTTP_ERROR", `http.fetch ${url.host}: ${(e as Error).message}`);
+    }
     const headers: Record<string, string> = {};
     response.headers.forEach((value, key) => (headers[key] = value));
     const result: Record<string, Json> = {
@@ -194,19 +203,52 @@ function isIpAddress(host: string): boolean {
 
 /** True for loopback, private, link-local (cloud metadata), CGNAT, multicast and reserved. */
 export function isPrivateAddress(address: string): boolean {
-  const a = address.toLowerCase();
+  const a = address.toLowerCase().replace(/^\[|\]$/g, "");
   if (a.includes(":")) {
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a);
-    if (mapped) return isPrivateAddress(mapped[1]!);
-    return a === "::" || a === "::1" || /^f[cd]/.test(a) || /^fe[89ab]/.test(a) ||
-      /^ff/.test(a) || a.startsWith("64:ff9b:") || a.startsWith("100::") ||
-      a.startsWith("2001:db8");
+    const g = expandIPv6(a);
+    if (!g) return true; // not an address this can read: refuse it
+    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible) carry an IPv4 address, in whatever
+    // notation the URL parser or the resolver chose (::ffff:7f00:1 is 127.0.0.1)
+    if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0) {
+      if (g[5] === 0 && g[6] === 0 && g[7]! <= 1) return true; // :: and ::1
+      if (g[5] === 0xffff || g[5] === 0) {
+        return isPrivateAddress(`${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`);
+      }
+    }
+    return (g[0]! & 0xfe00) === 0xfc00 || // fc00::/7 unique local
+      (g[0]! & 0xffc0) === 0xfe80 || // fe80::/10 link-local
+      (g[0]! & 0xff00) === 0xff00 || // ff00::/8 multicast
+      (g[0] === 0x64 && g[1] === 0xff9b) || // 64:ff9b::/96 NAT64 reaches IPv4 space
+      (g[0] === 0x100 && g[1] === 0 && g[2] === 0 && g[3] === 0) || // 100::/64 discard
+      (g[0] === 0x2001 && g[1] === 0xdb8) || // documentation
+      g[0] === 0x2002; // 6to4 reaches IPv4 space
   }
   const [x, y] = a.split(".").map(Number) as [number, number, number, number];
   return x === 0 || x === 10 || x === 127 || x >= 224 ||
     (x === 100 && y >= 64 && y < 128) || (x === 169 && y === 254) ||
     (x === 172 && y >= 16 && y < 32) || (x === 192 && y === 168) ||
     (x === 192 && y === 0) || (x === 198 && (y === 18 || y === 19));
+}
+
+/** The eight 16-bit groups of an IPv6 address (an IPv4 tail allowed), or undefined. */
+function expandIPv6(address: string): number[] | undefined {
+  let text = address.split("%")[0]!;
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (v4) {
+    const [b0, b1, b2, b3] = v4.slice(1).map(Number) as [number, number, number, number];
+    if ([b0, b1, b2, b3].some((b) => b > 255)) return undefined;
+    text = text.slice(0, v4.index) +
+      `${((b0 << 8) | b1).toString(16)}:${((b2 << 8) | b3).toString(16)}`;
+  }
+  const halves = text.split("::");
+  if (halves.length > 2) return undefined;
+  const head = halves[0] ? halves[0].split(":") : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(":") : [];
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 1 ? missing !== 0 : missing < 1) return undefined;
+  const groups = [...head, ...Array<string>(halves.length === 2 ? missing : 0).fill("0"), ...tail];
+  if (!groups.every((x) => /^[0-9a-f]{1,4}$/.test(x))) return undefined;
+  return groups.map((x) => parseInt(x, 16));
 }
 
 async function readCapped(response: Response, maxBytes: number): Promise<string> {

@@ -20,7 +20,13 @@ import {
   type WaitingOn,
 } from "../store/store.ts";
 import { type Clock, systemClock } from "./clock.ts";
-import type { ToolCallContext, ToolPlan, ToolRegistry } from "./tools.ts";
+import {
+  isSecretMarker,
+  SECRET_MARKER,
+  type ToolCallContext,
+  type ToolPlan,
+  type ToolRegistry,
+} from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
 import type { RunStatus } from "./states.ts";
 
@@ -141,6 +147,9 @@ class LeaseLost extends Error {
   override name = "LeaseLost";
 }
 
+/** An outcome to hand to the task; `secret`: the task may use it, logs must not show it. */
+type Delivery = { outcome: CallOutcome; secret: boolean };
+
 /** An in-process call's outcome; `at` (ms on the engine's clock) orders deliveries. */
 type Settled = { seq: number; outcome: CallOutcome; secret: boolean; at: number };
 
@@ -150,7 +159,6 @@ type DurableWait =
   | { kind: "child"; childRunId: string }
   | { kind: "now" }; // a checkpoint, or a call deferred to the next invocation
 
-const SECRET_MARKER = { $secret: true } as const;
 const LOG_FLUSH_LINES = 200;
 
 class Invocation {
@@ -171,7 +179,6 @@ class Invocation {
   #onSettled: (() => void) | undefined;
   #durable = new Map<number, DurableWait>();
   #logs: LogLine[] = [];
-  #secrets = new Set<string>();
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
 
@@ -264,39 +271,41 @@ class Invocation {
    */
   async #resumeParked(parked: number[]): Promise<VmState> {
     const now = this.#now;
-    const ready: { seq: number; at: number; outcome: CallOutcome }[] = [];
+    const ready: ({ seq: number; at: number } & Delivery)[] = [];
     for (const seq of parked) {
       const call = this.#journal.get(seq);
       if (!call) throw new Error(`the journal has no entry for parked call ${seq}`);
-      if (call.status === "succeeded" || call.status === "failed") {
+      const settled = call.status === "succeeded" || call.status === "failed";
+      if (settled && !isSecretMarker(call.result)) {
         const at = call.service === "sleep" && call.wakeAt ? call.wakeAt : call.completedAt!;
-        ready.push({ seq, at: Date.parse(at), outcome: outcomeOf(call) });
+        ready.push({ seq, at: Date.parse(at), outcome: outcomeOf(call), secret: false });
       } else if (call.service === "sleep" || call.service === "checkpoint") {
         const wakeAt = call.wakeAt ? new Date(call.wakeAt) : now;
         if (wakeAt <= now) {
           await this.#settleInJournal(seq, { ok: true }, false);
-          ready.push({ seq, at: wakeAt.getTime(), outcome: { ok: true } });
+          ready.push({ seq, at: wakeAt.getTime(), outcome: { ok: true }, secret: false });
         } else {
           this.#durable.set(seq, { kind: "sleep", wakeAt });
         }
       } else if (call.childRunId) {
         this.#durable.set(seq, { kind: "child", childRunId: call.childRunId });
       } else {
-        // an external call cut off by the last suspension, or deferred to this invocation
-        await this.#start(
-          { id: seq, service: call.service, path: call.path, args: call.args },
-          await this.#engine.tools.plan(
-            { id: seq, service: call.service, path: call.path, args: call.args },
-            this.#run.allowedTools,
-            now,
-          ),
-          { forceInline: true },
-        );
+        // an external call cut off by the last suspension, deferred to this invocation, or a
+        // secret read (the journal keeps only a marker): run it now
+        const again: HostCall = {
+          id: seq,
+          service: call.service,
+          path: call.path,
+          args: call.args,
+        };
+        const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
+        const known = await this.#start(again, plan, { forceInline: true });
+        if (known) ready.push({ seq, at: now.getTime(), ...known });
       }
     }
     ready.sort((a, b) => a.at - b.at || a.seq - b.seq);
     let state = this.#vm!.state();
-    for (const { seq, outcome } of ready) state = this.#deliver(seq, outcome);
+    for (const { seq, outcome, secret } of ready) state = this.#deliver(seq, outcome, secret);
     return state;
   }
 
@@ -328,7 +337,7 @@ class Invocation {
       const next = await this.#nextSettled();
       if (next === "budget") return await this.#suspend("budget");
       await this.#settleInJournal(next.seq, next.outcome, next.secret);
-      state = this.#deliver(next.seq, next.outcome);
+      state = this.#deliver(next.seq, next.outcome, next.secret);
     }
   }
 
@@ -337,7 +346,7 @@ class Invocation {
     if (!this.#vm) return state;
     const calls = this.#vm.takeCalls();
     if (calls.length === 0) return state;
-    const replayed: { seq: number; outcome: CallOutcome }[] = [];
+    const replayed: ({ seq: number } & Delivery)[] = [];
     const now = this.#now;
     for (const call of calls) {
       const plan = await this.#engine.tools.plan(call, this.#run.allowedTools, now);
@@ -349,10 +358,10 @@ class Invocation {
         path: call.path,
         plan: plan.kind,
       });
-      const outcome = await this.#start(call, plan, {});
-      if (outcome) replayed.push({ seq: call.id, outcome });
+      const known = await this.#start(call, plan, {});
+      if (known) replayed.push({ seq: call.id, ...known });
     }
-    for (const { seq, outcome } of replayed) state = this.#deliver(seq, outcome);
+    for (const { seq, outcome, secret } of replayed) state = this.#deliver(seq, outcome, secret);
     return state;
   }
 
@@ -364,20 +373,20 @@ class Invocation {
     call: HostCall,
     plan: ToolPlan,
     options: { forceInline?: boolean },
-  ): Promise<CallOutcome | undefined> {
+  ): Promise<Delivery | undefined> {
     const seq = call.id;
     const engine = this.#engine;
     const now = this.#now;
     switch (plan.kind) {
       case "reject": {
         const record = await this.#record(call, "inline");
-        if (record.replayed) return outcomeOf(record);
+        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
         await this.#settleInJournal(seq, { ok: false, error: plan.error }, false);
-        return { ok: false, error: plan.error };
+        return { outcome: { ok: false, error: plan.error }, secret: false };
       }
       case "checkpoint": {
         const record = await this.#record(call, "durable", now);
-        if (record.replayed) return outcomeOf(record);
+        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
         this.#durable.set(seq, { kind: "now" });
         return undefined;
       }
@@ -386,7 +395,7 @@ class Invocation {
         const inline = !engine.durableAll && ms <= engine.inlineSleepMaxMs &&
           ms < this.#wallLeftMs();
         const record = await this.#record(call, inline ? "inline" : "durable", plan.wakeAt);
-        if (record.replayed) return outcomeOf(record);
+        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
         // a sleep made again after a crash keeps its first deadline
         const wakeAt = record.wakeAt ? new Date(record.wakeAt) : plan.wakeAt;
         if (inline) {
@@ -405,15 +414,27 @@ class Invocation {
             maxDepth: engine.maxChildDepth,
           }, now),
         );
-        if (record.status === "succeeded" || record.status === "failed") return outcomeOf(record);
+        if (record.status === "succeeded" || record.status === "failed") {
+          return { outcome: outcomeOf(record), secret: false };
+        }
         this.#durable.set(seq, { kind: "child", childRunId: record.childRunId! });
         return undefined;
       }
       case "invoke": {
-        const defer = !options.forceInline &&
+        // a call whose journaled args are redacted (a secret write) must run now: later
+        // there would be only the redacted args to run it with
+        const defer = !options.forceInline && !plan.journalArgs &&
           (engine.durableAll || plan.timeoutMs > this.#wallLeftMs());
-        const record = await this.#record(call, defer ? "durable" : "inline");
-        if (record.replayed && !isSecretMarker(record.result)) return outcomeOf(record);
+        const record = await this.#record(
+          call,
+          defer ? "durable" : "inline",
+          undefined,
+          plan.journalArgs,
+        );
+        // a secret read is never delivered from the journal (it holds a marker): run it again
+        if (record.replayed && !isSecretMarker(record.result)) {
+          return { outcome: outcomeOf(record), secret: false };
+        }
         if (defer) {
           this.#durable.set(seq, { kind: "now" });
           return undefined;
@@ -425,28 +446,36 @@ class Invocation {
           attempt: Math.max(record.attempts, 1),
           signal: this.#abort.signal,
         };
-        this.#launch(
-          seq,
-          (async () => {
-            const value = await plan.invoke(context);
-            return {
-              outcome: { ok: true, value } as CallOutcome,
-              secret: plan.secret?.(value) ?? false,
-            };
-          })(),
-        );
+        const work = (async (): Promise<Delivery> => {
+          const value = await plan.invoke(context);
+          return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
+        })().catch((e): Delivery => ({
+          outcome: { ok: false, error: toCallError(e) },
+          secret: false,
+        }));
+        if (plan.immediate) {
+          const done = await work;
+          await this.#settleInJournal(seq, done.outcome, done.secret);
+          return done;
+        }
+        this.#launch(seq, work);
         return undefined;
       }
     }
   }
 
-  async #record(call: HostCall, mode: "inline" | "durable", wakeAt?: Date): Promise<CallRecord> {
+  async #record(
+    call: HostCall,
+    mode: "inline" | "durable",
+    wakeAt?: Date,
+    journalArgs?: Json[],
+  ): Promise<CallRecord> {
     return this.#remember(
       await this.#store.recordCall(this.#lease, {
         seq: call.id,
         service: call.service,
         path: call.path,
-        args: call.args,
+        args: journalArgs ?? call.args,
         mode,
         wakeAt: wakeAt ?? null,
       }, this.#now),
@@ -460,7 +489,6 @@ class Invocation {
 
   /** Writes an outcome to the journal before the task sees it. */
   async #settleInJournal(seq: number, outcome: CallOutcome, secret: boolean): Promise<void> {
-    if (secret && outcome.ok && outcome.value !== undefined) this.#rememberSecret(outcome.value);
     this.#collectLogs();
     const record = await this.#store.settleCall(this.#lease, {
       seq,
@@ -473,9 +501,9 @@ class Invocation {
   }
 
   /** Hands an outcome to the task and runs it until it is idle again. */
-  #deliver(seq: number, outcome: CallOutcome): VmState {
+  #deliver(seq: number, outcome: CallOutcome, secret = false): VmState {
     const vm = this.#vm!;
-    if (!vm.settle(seq, outcome)) {
+    if (!vm.settle(seq, outcome, { secret })) {
       this.#system(`call ${seq} settled but the task was not waiting for it`);
     }
     return vm.run();
@@ -492,17 +520,13 @@ class Invocation {
   }
 
   /** Runs a call in this process; its outcome joins the ready queue when it settles. */
-  #launch(seq: number, work: Promise<{ outcome: CallOutcome; secret: boolean; at?: number }>) {
+  #launch(seq: number, work: Promise<Delivery & { at?: number }>) {
     this.#inflight.add(seq);
-    work.catch((e) => ({
-      outcome: { ok: false, error: toCallError(e) } as CallOutcome,
-      secret: false,
-    }))
-      .then((settled: { outcome: CallOutcome; secret: boolean; at?: number }) => {
-        if (!this.#inflight.delete(seq)) return;
-        this.#ready.push({ seq, ...settled, at: settled.at ?? this.#now.getTime() });
-        this.#onSettled?.();
-      });
+    work.then((settled) => {
+      if (!this.#inflight.delete(seq)) return;
+      this.#ready.push({ seq, ...settled, at: settled.at ?? this.#now.getTime() });
+      this.#onSettled?.();
+    });
   }
 
   /**
@@ -670,7 +694,7 @@ class Invocation {
     const vm = this.#vm;
     if (!vm || vm.disposed) return;
     for (const entry of vm.takeLogs()) {
-      this.#logs.push({ level: entry.level, message: this.#redact(entry.message), at: entry.at });
+      this.#logs.push({ level: entry.level, message: entry.message, at: entry.at });
     }
   }
 
@@ -680,21 +704,6 @@ class Invocation {
 
   #system(message: string): void {
     this.#logs.push({ level: "system", message, at: this.#now.getTime() });
-  }
-
-  #rememberSecret(value: Json): void {
-    const visit = (v: Json) => {
-      if (typeof v === "string" && v.length >= 4) this.#secrets.add(v);
-      else if (typeof v === "number" && String(v).length >= 4) this.#secrets.add(String(v));
-      else if (v && typeof v === "object") Object.values(v).forEach((x) => visit(x as Json));
-    };
-    visit(value);
-  }
-
-  #redact(message: string): string {
-    let out = message;
-    for (const secret of this.#secrets) out = out.split(secret).join("[secret]");
-    return out;
   }
 }
 
@@ -710,9 +719,4 @@ function outcomeOf(call: CallRecord): CallOutcome {
       ...(error.data !== undefined ? { data: error.data } : {}),
     },
   };
-}
-
-function isSecretMarker(value: unknown): boolean {
-  return typeof value === "object" && value !== null &&
-    (value as { $secret?: unknown }).$secret === true;
 }

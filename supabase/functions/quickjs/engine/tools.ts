@@ -36,6 +36,13 @@ export type ToolPlan =
     timeoutMs: number;
     /** The result must not be journaled or logged (a secret from kv). */
     secret?: (result: Json | undefined) => boolean;
+    /** What the journal stores instead of the arguments (a secret being written). */
+    journalArgs?: Json[];
+    /**
+     * Run to completion before the task continues (fast calls to the database): never in
+     * flight at a suspension, so never re-run from the journal's (perhaps redacted) args.
+     */
+    immediate?: boolean;
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
   }
   | { kind: "reject"; error: CallError };
@@ -48,6 +55,15 @@ export interface ToolsOptions {
   custom?: Record<string, CustomTool>;
   /** Default timeout of in-process tools. */
   customTimeoutMs?: number;
+}
+
+/** What the journal holds instead of a secret value. */
+export const SECRET_MARKER = Object.freeze({ $secret: true });
+
+/** True for the journal's stand-in for a secret. */
+export function isSecretMarker(value: unknown): boolean {
+  return typeof value === "object" && value !== null &&
+    (value as { $secret?: unknown }).$secret === true;
 }
 
 /** Services that are part of the language, not tools: always allowed. */
@@ -146,6 +162,7 @@ export class ToolRegistry {
         return {
           kind: "invoke",
           timeoutMs: 10_000,
+          immediate: true,
           secret: () => secret,
           invoke: async () => {
             const entry = await store.kvGet(key);
@@ -156,17 +173,25 @@ export class ToolRegistry {
       }
       case "set": {
         const options = (args[2] ?? {}) as { secret?: unknown };
+        const secret = options.secret === true;
         return {
           kind: "invoke",
           timeoutMs: 10_000,
+          immediate: true,
+          ...(secret ? { journalArgs: [key, SECRET_MARKER, args[2] ?? null] } : {}),
           invoke: async () => {
-            await store.kvSet(key, args[1] ?? null, options.secret === true);
+            await store.kvSet(key, args[1] ?? null, secret);
             return null;
           },
         };
       }
       case "delete":
-        return { kind: "invoke", timeoutMs: 10_000, invoke: () => store.kvDelete(key) };
+        return {
+          kind: "invoke",
+          timeoutMs: 10_000,
+          immediate: true,
+          invoke: () => store.kvDelete(key),
+        };
       default:
         throw unknownMethod("kv", method, ["get", "set", "delete"]);
     }

@@ -41,6 +41,7 @@ export const PRELUDE_SOURCE = String.raw`
   const dateNow = Date.now;
   const dateToISOString = Date.prototype.toISOString;
   const charCodeAt = String.prototype.charCodeAt;
+  const stringSlice = String.prototype.slice;
   const arrayJoin = Array.prototype.join;
   const regExpTest = RegExp.prototype.test;
   const errorCodePattern = /^[A-Z][A-Z0-9_]*$/;
@@ -57,6 +58,9 @@ export const PRELUDE_SOURCE = String.raw`
   const rejected = new MapCtor();
   let logs = [];
   let logBytes = 0;
+  // values the host marked secret (kv secrets): console output shows them as [secret]
+  const secrets = [];
+  const stringSplit = String.prototype.split;
 
   // arr.push and arr[i] = v both go through setters a task may put on Array.prototype
   const append = (array, value) =>
@@ -188,9 +192,35 @@ export const PRELUDE_SOURCE = String.raw`
     }
   }
 
+  function rememberSecret(value, depth) {
+    if (depth > 8 || secrets.length >= 1000) return;
+    if (typeof value === "number") value = StringCtor(value);
+    if (typeof value === "string") {
+      if (value.length < 4) return;
+      // as printed raw, and as printed inside JSON (quotes, backslashes, newlines escaped)
+      const escaped = apply(stringSlice, jsonStringify(value), [1, -1]);
+      for (const form of escaped === value ? [value] : [value, escaped]) {
+        let known = false;
+        for (let i = 0; i < secrets.length; i++) if (secrets[i] === form) known = true;
+        if (!known) append(secrets, form);
+      }
+    } else if (typeof value === "object" && value !== null) {
+      const names = getOwnPropertyNames(value);
+      for (let i = 0; i < names.length; i++) rememberSecret(value[names[i]], depth + 1);
+    }
+  }
+
+  function redact(message) {
+    for (let i = 0; i < secrets.length; i++) {
+      message = apply(arrayJoin, apply(stringSplit, message, [secrets[i]]), ["[secret]"]);
+    }
+    return message;
+  }
+
   function log(level, args) {
     let message = "";
     for (let i = 0; i < args.length; i++) message += (i ? " " : "") + inspect(args[i]);
+    message = redact(message);
     const bytes = utf8Length(message) + 32;
     if (fatal !== undefined && fatal.code === "LOG_TOO_LARGE") {
       throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
@@ -329,13 +359,15 @@ export const PRELUDE_SOURCE = String.raw`
         }
       }, fail]);
     },
-    settle(id, ok, payloadJson) {
+    settle(id, ok, payloadJson, secret) {
       const entry = apply(mapGet, pending, [id]);
       if (entry === undefined) return false;
       apply(mapDelete, pending, [id]);
       pendingCount--;
       if (ok) {
-        entry.resolve(payloadJson === undefined ? undefined : jsonParse(payloadJson));
+        const value = payloadJson === undefined ? undefined : jsonParse(payloadJson);
+        if (secret) rememberSecret(value, 0);
+        entry.resolve(value);
       } else {
         const p = jsonParse(payloadJson);
         const e = new ErrorCtor(p.message);

@@ -324,8 +324,12 @@ export class TaskVm {
     return this.run();
   }
 
-  /** Delivers a host call's outcome. Returns false when the VM has no such call parked. */
-  settle(id: number, outcome: CallOutcome): boolean {
+  /**
+   * Delivers a host call's outcome. Returns false when the VM has no such call parked.
+   * A secret value is remembered inside the VM, whose console then prints it as [secret]
+   * (also after a snapshot and a restore).
+   */
+  settle(id: number, outcome: CallOutcome, options: { secret?: boolean } = {}): boolean {
     const ctx = this.context;
     return this.#enter(() => {
       const payload = outcome.ok
@@ -335,6 +339,7 @@ export class TaskVm {
         ctx.newNumber(id),
         outcome.ok ? ctx.true : ctx.false,
         payload,
+        options.secret ? ctx.true : ctx.false,
       ]);
       return known === true;
     }) ?? false;

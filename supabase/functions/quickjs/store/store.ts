@@ -67,6 +67,8 @@ export interface RunView {
   error?: RunError;
   attempts: number;
   suspensions: number;
+  /** Lost leases in a row (a worker died); too many fails the run. */
+  leaseExpirations?: number;
   wakeAt?: string;
   waitingOn?: WaitingOn;
   parentRunId?: string;

@@ -1,0 +1,374 @@
+#!/usr/bin/env -S deno run -A
+/**
+ * For operators: what a run is doing and whether its saved VM can be brought back.
+ *
+ *   deno task diagnose inspect <runId>     the run, its journal, snapshot header, last logs
+ *   deno task diagnose restore <runId>     dry run: restore the snapshot here, write nothing
+ *   deno task diagnose stuck [--fix]       runs in a state that should not last; --fix
+ *                                          repairs each (quickjs.repair_run)
+ *   deno task diagnose snapshots [--limit N]   the largest snapshots
+ *   --db URL   postgres://… | pglite | pglite:<dir>  (default: DATABASE_URL, SUPABASE_DB_URL,
+ *              else an in-memory PGlite)
+ *   --json     one JSON object
+ *   --logs N   inspect: how many of the last log lines to show (default 20)
+ *
+ * Exit code: 0 when all is well; 1 when the run does not exist, its snapshot cannot be
+ * restored, stuck runs were found and not (all) repaired, or the database failed; 2 on bad
+ * usage.
+ */
+import { parseArgs } from "node:util";
+import type { Store } from "../supabase/functions/quickjs/store/store.ts";
+import { defaultDb, openStore } from "./lib/open_store.ts";
+import {
+  inspectRun,
+  largestSnapshots,
+  repairStuckRuns,
+  restoreDryRun,
+  type RunReport,
+} from "./lib/diagnose.ts";
+import { bytes, fields, millis, table, when } from "./lib/format.ts";
+
+const USAGE = `usage: diagnose <command> [--db URL] [--json]
+  inspect <runId> [--logs N]   the run, its journal, its snapshot header, its last logs
+  restore <runId>              restore the snapshot in this process (dry run, writes nothing)
+  stuck [--fix]                runs that need an operator; --fix repairs them
+  snapshots [--limit N]        the largest snapshots`;
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+class UsageError extends Error {
+  override name = "UsageError";
+}
+
+interface Options {
+  json: boolean;
+  fix: boolean;
+  limit: number;
+  logs: number;
+}
+
+function count(text: string, name: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number`);
+  return n;
+}
+
+export async function main(args: string[] = Deno.args): Promise<number> {
+  let command: string;
+  let runId: string | undefined;
+  let options: Options;
+  let db: string | undefined;
+  try {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        db: { type: "string" },
+        json: { type: "boolean", default: false },
+        fix: { type: "boolean", default: false },
+        limit: { type: "string", default: "20" },
+        logs: { type: "string", default: "20" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    [command = "", runId] = positionals;
+    const wantsRun = command === "inspect" || command === "restore";
+    if (!["inspect", "restore", "stuck", "snapshots"].includes(command)) {
+      throw new UsageError(command ? `unknown command ${command}` : "which command?");
+    }
+    if (positionals.length !== (wantsRun ? 2 : 1)) {
+      throw new UsageError(
+        wantsRun ? `${command} takes one run id` : `${command} takes no argument`,
+      );
+    }
+    if (wantsRun && !UUID.test(runId!)) throw new UsageError(`${runId} is not a run id (a uuid)`);
+    if (values.fix && command !== "stuck") throw new UsageError("--fix goes with stuck");
+    options = {
+      json: values.json,
+      fix: values.fix,
+      limit: count(values.limit, "limit"),
+      logs: count(values.logs, "logs"),
+    };
+    db = values.db;
+  } catch (e) {
+    console.error(`diagnose: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  // an in-memory PGlite starts empty: only there do migrations make sense for diagnose
+  const where = db ?? defaultDb();
+  const store = await openStore(where, {
+    migrate: where === "pglite" || where.startsWith("pglite:"),
+  });
+  try {
+    switch (command) {
+      case "inspect":
+        return await inspect(store, runId!, options);
+      case "restore":
+        return await restore(store, runId!, options);
+      case "stuck":
+        return await stuck(store, options);
+      default:
+        return await snapshots(store, options);
+    }
+  } catch (e) {
+    console.error(`diagnose: ${(e as Error).message}`);
+    return 1;
+  } finally {
+    await store.close();
+  }
+}
+
+// ---- inspect ---------------------------------------------------------------------------
+
+async function inspect(store: Store, runId: string, options: Options): Promise<number> {
+  const report = await inspectRun(store, runId, { logLines: options.logs });
+  if (!report) {
+    if (options.json) console.log(JSON.stringify({ error: "RUN_NOT_FOUND", runId }));
+    console.error(`diagnose: run ${runId} does not exist`);
+    return 1;
+  }
+  if (options.json) {
+    console.log(JSON.stringify(report));
+    return 0;
+  }
+  for (const line of inspectText(report)) console.log(line);
+  return 0;
+}
+
+function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): string[] {
+  const now = new Date();
+  const out: string[] = [];
+  const waiting = run.waitingOn
+    ? [
+      run.waitingOn.calls?.length ? `calls ${run.waitingOn.calls.join(", ")}` : "",
+      run.waitingOn.children?.length ? `children ${run.waitingOn.children.join(", ")}` : "",
+      run.waitingOn.wakeAt ? `until ${run.waitingOn.wakeAt}` : "",
+    ].filter(Boolean).join("; ")
+    : undefined;
+  out.push(
+    `run ${run.id}`,
+    ...fields([
+      ["task", `${run.task} v${run.taskVersion}`],
+      ["status", run.status],
+      ["attempts", String(run.attempts)],
+      ["suspensions", String(run.suspensions)],
+      ["wake at", when(run.wakeAt, now)],
+      ["waiting on", waiting],
+      [
+        "lease",
+        run.leaseOwner ? `${run.leaseOwner}, expires ${when(run.leaseExpiresAt, now)}` : undefined,
+      ],
+      ["parent", run.parentRunId ? `${run.parentRunId} (call ${run.parentCallSeq})` : undefined],
+      ["input", run.input],
+      ["result", run.result],
+      ["error", run.error ? `${run.error.code}: ${run.error.message}` : undefined],
+      ["created", when(run.createdAt, now)],
+      ["updated", when(run.updatedAt, now)],
+      ["finished", when(run.finishedAt, now)],
+    ], "  "),
+    "",
+    `journal (${calls.length} call${calls.length === 1 ? "" : "s"})`,
+  );
+  if (calls.length) {
+    out.push(...table(
+      [
+        "seq",
+        "call",
+        "mode",
+        "status",
+        "att",
+        "idempotency key",
+        "child run",
+        "wake at",
+        "outcome",
+      ],
+      calls.map((c) => [
+        String(c.seq),
+        c.call,
+        c.mode,
+        c.status,
+        String(c.attempts),
+        c.idempotencyKey,
+        c.childRunId ?? "",
+        c.wakeAt ?? "",
+        c.outcome ?? (c.status === "pending" || c.status === "started" ? `(${c.args})` : ""),
+      ]),
+      "  ",
+    ));
+  }
+  out.push("");
+  if (!snapshot) {
+    out.push("snapshot: none");
+  } else {
+    out.push(
+      "snapshot",
+      ...fields([
+        ["format", `${snapshot.format}, variant ${snapshot.variant}`],
+        ["package", `quickjs-emscripten ${snapshot.packageVersion}`],
+        ["wasm sha256", snapshot.wasmSha256],
+        [
+          "memory",
+          `${bytes(snapshot.memoryBytes)}; ${snapshot.pageCount} changed page(s) saved`,
+        ],
+        ["size", bytes(snapshot.sizeBytes)],
+        [
+          "parked on",
+          `calls ${snapshot.parkedCalls.join(", ")} (last call ${snapshot.lastCallId})`,
+        ],
+        ["created", when(snapshot.createdAt, now)],
+        ["integrity", snapshot.integrity],
+        [
+          "restorable",
+          snapshot.restorable ? "yes, by this build" : `NO: ${snapshot.incompatibility}`,
+        ],
+      ], "  "),
+    );
+  }
+  out.push("");
+  out.push(
+    logCount > logs.length ? `logs (last ${logs.length} of ${logCount})` : `logs (${logs.length})`,
+  );
+  const levelWidth = Math.max(0, ...logs.map((l) => l.level.length));
+  for (const l of logs) out.push(`  ${l.at}  ${l.level.padEnd(levelWidth)}  ${l.message}`);
+  return out;
+}
+
+// ---- restore ---------------------------------------------------------------------------
+
+async function restore(store: Store, runId: string, options: Options): Promise<number> {
+  const report = await restoreDryRun(store, runId);
+  if (options.json) {
+    console.log(JSON.stringify(report));
+  } else if (report.ok) {
+    console.log(`restore of run ${runId}: ok in ${millis(report.restoreMs!)} (nothing written)`);
+    for (
+      const line of fields([
+        ["snapshot", bytes(report.sizeBytes)],
+        ["parked on", `calls ${report.parkedCalls!.join(", ")}`],
+        [
+          "VM memory",
+          `QuickJS heap ${bytes(report.memory!.heapBytes)}, wasm memory ${
+            bytes(report.memory!.wasmBytes)
+          }`,
+        ],
+      ], "  ")
+    ) console.log(line);
+  } else {
+    console.log(`restore of run ${runId}: FAILED ${report.error!.code}`);
+    console.log(`  ${report.error!.message}`);
+  }
+  return report.ok ? 0 : 1;
+}
+
+// ---- stuck -----------------------------------------------------------------------------
+
+async function stuck(store: Store, options: Options): Promise<number> {
+  const report = options.fix
+    ? await repairStuckRuns(store)
+    : { stuck: await store.findStuckRuns(), repairs: undefined };
+  const repaired = new Set(
+    (report.repairs ?? []).filter((r) => r.action !== "none").map((r) => r.runId),
+  );
+  const unrepaired = [...new Set(report.stuck.map((r) => r.id))].filter((id) => !repaired.has(id));
+  const ok = unrepaired.length === 0;
+  if (options.json) {
+    console.log(JSON.stringify({
+      stuck: report.stuck.map((r) => ({
+        problem: r.problem,
+        since: r.since,
+        runId: r.id,
+        task: r.task,
+        status: r.status,
+      })),
+      ...(report.repairs
+        ? {
+          repairs: report.repairs.map((r) => ({
+            runId: r.runId,
+            action: r.action,
+            reason: r.reason,
+            status: r.run.status,
+          })),
+        }
+        : {}),
+      unrepaired,
+    }));
+    return ok ? 0 : 1;
+  }
+  if (report.stuck.length === 0) {
+    console.log("no stuck runs");
+    return 0;
+  }
+  const repairs = new Map((report.repairs ?? []).map((r) => [r.runId, r]));
+  const headings = ["problem", "since", "run", "task", "status"];
+  if (options.fix) headings.push("repair");
+  for (
+    const line of table(
+      headings,
+      report.stuck.map((r) => {
+        const row = [r.problem, r.since, r.id, r.task, r.status];
+        const repair = repairs.get(r.id);
+        if (options.fix) {
+          row.push(
+            repair ? `${repair.action} → ${repair.run.status}: ${repair.reason ?? ""}` : "",
+          );
+        }
+        return row;
+      }),
+    )
+  ) console.log(line);
+  console.log("");
+  if (!options.fix) {
+    console.log(`${unrepaired.length} stuck run(s); --fix repairs them`);
+  } else if (ok) {
+    console.log(`repaired ${repaired.size} run(s)`);
+  } else {
+    console.log(`repaired ${repaired.size} run(s); ${unrepaired.length} could not be repaired`);
+  }
+  return ok ? 0 : 1;
+}
+
+// ---- snapshots -------------------------------------------------------------------------
+
+async function snapshots(store: Store, options: Options): Promise<number> {
+  const list = await largestSnapshots(store, options.limit);
+  if (options.json) {
+    console.log(JSON.stringify(list));
+    return 0;
+  }
+  if (list.count === 0) {
+    console.log("no snapshots");
+    return 0;
+  }
+  for (
+    const line of table(
+      ["run", "task", "status", "size", "memory", "pages", "created"],
+      list.snapshots.map((s) => [
+        s.runId,
+        `${s.task} v${s.taskVersion}`,
+        s.status,
+        bytes(s.sizeBytes),
+        bytes(s.memoryBytes),
+        String(s.pageCount ?? "-"),
+        s.createdAt,
+      ]),
+    )
+  ) console.log(line);
+  console.log(
+    `\n${list.count} snapshot(s), ${bytes(list.totalBytes)} in all` +
+      (list.count > list.snapshots.length ? ` (the ${list.snapshots.length} largest shown)` : ""),
+  );
+  return 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main());
+  } catch (e) {
+    console.error(`diagnose: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * What scripts/diagnose-vm-state.ts reports, as data: a run with its journal, snapshot
+ * header and logs; a dry-run restore of its snapshot in this process; the stuck runs (and
+ * their repair); the largest snapshots. Reads only, except repairStuckRuns.
+ */
+import type {
+  CallRecord,
+  RepairResult,
+  RunView,
+  SnapshotList,
+  Store,
+} from "../../supabase/functions/quickjs/store/store.ts";
+import {
+  incompatibility,
+  readSnapshot,
+  restoreSnapshot,
+  type SnapshotHeader,
+} from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
+import { SandboxError } from "../../supabase/functions/quickjs/sandbox/errors.ts";
+import { shorten } from "./format.ts";
+
+/** Values (input, result, call arguments and outcomes) are shown as JSON text cut to this. */
+export const VALUE_CHARS = 120;
+
+/** A run as inspect shows it: the API's view without logs, input and result shortened. */
+export type RunSummary = Omit<RunView, "logs" | "input" | "result"> & {
+  input: string;
+  result?: string;
+};
+
+/** One journal entry, its values shortened. */
+export interface CallSummary {
+  seq: number;
+  /** service.method.path */
+  call: string;
+  args: string;
+  mode: CallRecord["mode"];
+  status: CallRecord["status"];
+  attempts: number;
+  idempotencyKey: string;
+  childRunId?: string;
+  wakeAt?: string;
+  createdAt: string;
+  completedAt?: string;
+  /** JSON of the result, or "CODE: message" of the error; absent while unsettled. */
+  outcome?: string;
+}
+
+export interface SnapshotSummary {
+  format: number;
+  variant: string;
+  packageVersion: string;
+  wasmSha256: string;
+  memoryBytes: number;
+  pageCount: number;
+  sizeBytes: number;
+  parkedCalls: number[];
+  lastCallId: number;
+  createdAt: string;
+  /** Whether this build can restore it (same format, build and VM setup). */
+  restorable: boolean;
+  /** Why not, when it cannot. */
+  incompatibility?: string;
+  /** "ok", or why the stored bytes fail their checksum or do not parse. */
+  integrity: string;
+}
+
+export interface RunReport {
+  run: RunSummary;
+  calls: CallSummary[];
+  snapshot: SnapshotSummary | null;
+  /** The last log lines, oldest first. */
+  logs: { at: string; attempt?: number; level: string; message: string }[];
+  /** Log lines the run has in all (up to the limit read). */
+  logCount: number;
+}
+
+/** The run, its journal, snapshot header and last `logLines` log lines; null if no such run. */
+export async function inspectRun(
+  store: Store,
+  runId: string,
+  options: { logLines?: number } = {},
+): Promise<RunReport | null> {
+  // get_run returns the first p_log_limit lines; read enough to show the last ones
+  const view = await store.getRun(runId, { logLimit: 100_000 });
+  if (!view) return null;
+  const [calls, snapshot] = await Promise.all([store.listCalls(runId), store.getSnapshot(runId)]);
+  const { logs = [], input, result, ...rest } = view;
+  const run: RunSummary = { ...rest, input: shorten(input, VALUE_CHARS) };
+  if (view.status === "completed") run.result = shorten(result, VALUE_CHARS);
+  const keep = Math.max(0, options.logLines ?? 20);
+  return {
+    run,
+    calls: calls.map(summarizeCall),
+    snapshot: snapshot && await summarizeSnapshot(snapshot),
+    logs: logs.slice(logs.length - keep).map((l) => ({
+      at: String(l.at),
+      ...(l.attempt !== undefined ? { attempt: l.attempt } : {}),
+      level: l.level,
+      message: l.message,
+    })),
+    logCount: logs.length,
+  };
+}
+
+function summarizeCall(call: CallRecord): CallSummary {
+  const summary: CallSummary = {
+    seq: call.seq,
+    call: [call.service, ...call.path].join("."),
+    args: shorten(call.args, VALUE_CHARS),
+    mode: call.mode,
+    status: call.status,
+    attempts: call.attempts,
+    idempotencyKey: call.idempotencyKey,
+    createdAt: call.createdAt,
+  };
+  if (call.childRunId) summary.childRunId = call.childRunId;
+  if (call.wakeAt) summary.wakeAt = call.wakeAt;
+  if (call.completedAt) summary.completedAt = call.completedAt;
+  if (call.status === "succeeded") summary.outcome = shorten(call.result ?? null, VALUE_CHARS);
+  if (call.status === "failed") {
+    const text = `${call.error?.code ?? call.error?.name ?? "Error"}: ${call.error?.message ?? ""}`;
+    summary.outcome = text.length > VALUE_CHARS ? `${text.slice(0, VALUE_CHARS - 1)}…` : text;
+  }
+  return summary;
+}
+
+async function summarizeSnapshot(
+  snapshot: { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: Uint8Array },
+): Promise<SnapshotSummary> {
+  const h = snapshot.header;
+  let integrity = "ok";
+  try {
+    await readSnapshot(snapshot.bytes);
+  } catch (e) {
+    integrity = e instanceof SandboxError ? `${e.code}: ${e.message}` : String(e);
+  }
+  let why: string | undefined;
+  try {
+    why = await incompatibility(h);
+  } catch (e) {
+    why = `cannot check: ${(e as Error).message}`;
+  }
+  return {
+    format: h.format,
+    variant: h.variant,
+    packageVersion: h.packageVersion,
+    wasmSha256: h.wasmSha256,
+    memoryBytes: h.memoryBytes,
+    pageCount: h.pageCount,
+    sizeBytes: snapshot.sizeBytes,
+    parkedCalls: h.parkedCalls,
+    lastCallId: h.lastCallId,
+    createdAt: snapshot.createdAt,
+    restorable: why === undefined,
+    ...(why !== undefined ? { incompatibility: why } : {}),
+    integrity,
+  };
+}
+
+export interface RestoreReport {
+  runId: string;
+  ok: boolean;
+  /** SandboxError codes (SNAPSHOT_CORRUPT, SNAPSHOT_INCOMPATIBLE), or RUN_NOT_FOUND, NO_SNAPSHOT. */
+  error?: { code: string; message: string };
+  sizeBytes?: number;
+  restoreMs?: number;
+  /** The calls the restored VM is parked on. */
+  parkedCalls?: number[];
+  /** The restored VM's QuickJS heap and wasm memory. */
+  memory?: { heapBytes: number; wasmBytes: number };
+}
+
+/**
+ * Restores the run's snapshot into a VM in this process and disposes it: whether a worker
+ * could continue the run. Writes nothing to the database.
+ */
+export async function restoreDryRun(store: Store, runId: string): Promise<RestoreReport> {
+  const snapshot = await store.getSnapshot(runId);
+  if (!snapshot) {
+    const run = await store.getRun(runId, { logLimit: 0 });
+    return {
+      runId,
+      ok: false,
+      error: run
+        ? {
+          code: "NO_SNAPSHOT",
+          message: `run ${runId} has no snapshot (it is ${run.status}; only suspended runs ` +
+            "and runs that suspended before have one)",
+        }
+        : { code: "RUN_NOT_FOUND", message: `run ${runId} does not exist` },
+    };
+  }
+  const t0 = performance.now();
+  let vm;
+  try {
+    vm = await restoreSnapshot(snapshot.bytes);
+  } catch (e) {
+    return {
+      runId,
+      ok: false,
+      sizeBytes: snapshot.sizeBytes,
+      restoreMs: performance.now() - t0,
+      error: e instanceof SandboxError
+        ? { code: e.code, message: e.message }
+        : { code: "RESTORE_FAILED", message: (e as Error)?.message ?? String(e) },
+    };
+  }
+  const restoreMs = performance.now() - t0;
+  try {
+    const state = vm.state();
+    return {
+      runId,
+      ok: true,
+      sizeBytes: snapshot.sizeBytes,
+      restoreMs,
+      parkedCalls: state.kind === "parked" ? state.calls : [],
+      memory: vm.memoryUsage(),
+    };
+  } finally {
+    vm.dispose();
+  }
+}
+
+export type StuckRun = RunView & { problem: string; since: string };
+
+export interface StuckReport {
+  stuck: StuckRun[];
+  /** With fix: one repair per stuck run (a run listed for two problems is repaired once). */
+  repairs?: (RepairResult & { runId: string })[];
+}
+
+/** The runs find_stuck_runs lists. */
+export async function findStuckRuns(store: Store, now?: Date): Promise<StuckRun[]> {
+  return await store.findStuckRuns(now);
+}
+
+/** Lists the stuck runs and repairs each one with quickjs.repair_run (one transaction each). */
+export async function repairStuckRuns(store: Store, now?: Date): Promise<StuckReport> {
+  const stuck = await store.findStuckRuns(now);
+  const repairs: StuckReport["repairs"] = [];
+  for (const id of new Set(stuck.map((r) => r.id))) {
+    repairs.push({ runId: id, ...await store.repairRun(id, now) });
+  }
+  return { stuck, repairs };
+}
+
+/** The largest snapshots, with the count and total size of all. */
+export async function largestSnapshots(store: Store, limit = 20): Promise<SnapshotList> {
+  return await store.listSnapshots(limit);
+}

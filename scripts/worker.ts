@@ -1,0 +1,218 @@
+#!/usr/bin/env -S deno run -A
+/**
+ * The self-hosted worker: runs the runs of a database, up to N at a time, woken by NOTIFY
+ * (postgres.js and PGlite can listen), by wake times and by polling. Prints one line per
+ * invocation to stdout (run id, task, status, ms); notes about the worker go to stderr.
+ *
+ *   deno task worker --db postgres://… --concurrency 8
+ *   --db URL             postgres://… | pglite | pglite:<dir>  (default: DATABASE_URL,
+ *                        SUPABASE_DB_URL, else an in-memory PGlite)
+ *   --concurrency N      invocations at once (default 4)
+ *   --poll-ms MS         claim at least this often, in case a NOTIFY was lost (default 5000)
+ *   --lease-seconds S    lease length; renewed every third of it (default 30)
+ *   --tools module.ts    in-process tools: the module's default export, { name: fn }
+ *   --worker-id ID       the name in leases and logs (default worker-<host>-<pid>)
+ *   --once               run until nothing is due, then exit (cron-style use, tests)
+ *   --json               JSON lines instead of text
+ *
+ * tools.http.fetch may reach the hosts in QUICKJS_HTTP_ALLOW (comma-separated patterns).
+ * SIGINT / SIGTERM: stop claiming, hand the running runs over at their next idle point (they
+ * are queued to continue at once, in this worker's next life or another worker), wait for
+ * that, exit 0. A second signal exits at once (the leases then run out instead).
+ *
+ * Exit code: 0 on a clean stop (or, with --once, when nothing is left to do), 1 when the
+ * database failed (with --once: any claim or invocation that failed), 2 on bad usage.
+ */
+import { parseArgs } from "node:util";
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { hostname } from "node:os";
+import { Engine, type InvocationResult } from "../supabase/functions/quickjs/engine/run_loop.ts";
+import { type CustomTool, ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
+import { httpOptionsFromEnv } from "../supabase/functions/quickjs/engine/http_tool.ts";
+import { openStore } from "./lib/open_store.ts";
+import { WorkerLoop } from "./lib/worker_loop.ts";
+import { millis } from "./lib/format.ts";
+
+const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
+  "[--tools module.ts] [--worker-id ID] [--once] [--json]";
+
+class UsageError extends Error {
+  override name = "UsageError";
+}
+
+function positiveInt(name: string, text: string, min = 1): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min) {
+    throw new UsageError(`--${name} must be a whole number of at least ${min}, got ${text}`);
+  }
+  return n;
+}
+
+async function loadTools(module?: string): Promise<Record<string, CustomTool>> {
+  if (!module) return {};
+  let loaded: { default?: unknown };
+  try {
+    loaded = await import(pathToFileURL(resolve(module)).href);
+  } catch (e) {
+    throw new UsageError(`--tools ${module}: ${(e as Error).message}`);
+  }
+  const tools = loaded.default;
+  if (!tools || typeof tools !== "object") {
+    throw new UsageError(`--tools ${module}: the default export must be { name: function }`);
+  }
+  return tools as Record<string, CustomTool>;
+}
+
+function invocationLine(result: InvocationResult, json: boolean): string {
+  const ms = Math.round(result.wallMs);
+  if (json) {
+    return JSON.stringify({
+      at: new Date().toISOString(),
+      runId: result.runId,
+      task: result.task,
+      status: result.status,
+      ms,
+      restored: result.restored,
+      ...(result.wakeAt ? { wakeAt: result.wakeAt } : {}),
+      ...(result.snapshotBytes ? { snapshotBytes: result.snapshotBytes } : {}),
+      ...(result.error ? { error: result.error.code } : {}),
+    });
+  }
+  const note = result.error
+    ? `  ${result.error.code}: ${result.error.message}`
+    : result.wakeAt && result.status === "suspended"
+    ? `  wakes ${result.wakeAt}`
+    : "";
+  return `${new Date().toISOString()}  ${
+    result.status.padEnd(9)
+  }  ${result.runId}  ${result.task}` +
+    `  ${millis(result.wallMs)}${result.restored ? "  (restored)" : ""}${note}`;
+}
+
+export async function main(args: string[] = Deno.args): Promise<number> {
+  let options;
+  try {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        db: { type: "string" },
+        concurrency: { type: "string", default: "4" },
+        "poll-ms": { type: "string", default: "5000" },
+        "lease-seconds": { type: "string", default: "30" },
+        tools: { type: "string" },
+        "worker-id": { type: "string" },
+        once: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+    options = {
+      db: values.db,
+      concurrency: positiveInt("concurrency", values.concurrency),
+      pollMs: positiveInt("poll-ms", values["poll-ms"], 10),
+      leaseSeconds: positiveInt("lease-seconds", values["lease-seconds"], 3),
+      tools: await loadTools(values.tools),
+      workerId: values["worker-id"] || `worker-${hostname()}-${Deno.pid}`,
+      once: values.once,
+      json: values.json,
+    };
+  } catch (e) {
+    console.error(`worker: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { json } = options;
+  const note = (message: string) => console.error(`[worker] ${message}`);
+
+  const store = await openStore(options.db);
+  const engine = new Engine({
+    store,
+    tools: new ToolRegistry(store, { http: httpOptionsFromEnv(Deno.env), custom: options.tools }),
+    workerId: options.workerId,
+    leaseSeconds: options.leaseSeconds,
+  });
+  const worker = new WorkerLoop(store, engine, {
+    concurrency: options.concurrency,
+    pollMs: options.pollMs,
+    once: options.once,
+    onInvocation: (result) => console.log(invocationLine(result, json)),
+    onError: (e, where) => {
+      const message = (e as Error)?.message ?? String(e);
+      if (where.runId) {
+        // an invocation line too, so every claimed run shows up on stdout
+        console.log(
+          json
+            ? JSON.stringify({
+              at: new Date().toISOString(),
+              runId: where.runId,
+              task: where.task,
+              status: "error",
+              error: message,
+            })
+            : `${new Date().toISOString()}  ${
+              "error".padEnd(9)
+            }  ${where.runId}  ${where.task}  ${message}`,
+        );
+      }
+      note(`${where.what}${where.runId ? ` of ${where.runId}` : ""} failed: ${message}`);
+    },
+  });
+
+  let signalled = false;
+  const onSignal = (signal: Deno.Signal) => () => {
+    if (signalled) {
+      note(`${signal} again: exiting now; the leases of running runs will run out`);
+      Deno.exit(1);
+    }
+    signalled = true;
+    note(`${signal}: handing over ${worker.running} running run(s), then exiting`);
+    worker.stop();
+  };
+  const signals: [Deno.Signal, () => void][] = [];
+  for (const signal of ["SIGINT", "SIGTERM"] as Deno.Signal[]) {
+    try {
+      const handler = onSignal(signal);
+      Deno.addSignalListener(signal, handler);
+      signals.push([signal, handler]);
+    } catch {
+      // SIGTERM cannot be listened to on Windows
+    }
+  }
+
+  try {
+    await worker.start();
+    note(
+      `${options.workerId} on ${store.description}: up to ${options.concurrency} at once, ` +
+        (options.once
+          ? "until nothing is due"
+          : `${
+            worker.stats.listening ? "woken by NOTIFY, " : ""
+          }polling every ${options.pollMs} ms`),
+    );
+    const stats = await worker.finished;
+    const statuses = Object.entries(stats.statuses).map(([s, n]) => `${n} ${s}`).join(", ");
+    note(
+      `stopped after ${stats.invocations} invocation(s)${statuses ? ` (${statuses})` : ""}` +
+        (stats.errors ? `, ${stats.errors} error(s)` : ""),
+    );
+    return options.once && stats.errors > 0 ? 1 : 0;
+  } finally {
+    for (const [signal, handler] of signals) Deno.removeSignalListener(signal, handler);
+    await store.close();
+  }
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main());
+  } catch (e) {
+    console.error(`worker: ${(e as Error).message}`);
+    Deno.exit(1);
+  }
+}
