@@ -386,14 +386,13 @@ begin
   loop
     n := n + 1;
     if r.lease_expirations + 1 >= p_max_expirations then
-      update quickjs.runs set status = 'failed', lease_expirations = lease_expirations + 1,
-        error = jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
+      update quickjs.runs set lease_expirations = lease_expirations + 1 where id = r.id
+      returning * into r;
+      perform quickjs.finish_run(r, 'failed', null,
+        jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
           'message', format('the run''s worker stopped %s times without reporting back '
-            '(crash, platform timeout or out of memory)', r.lease_expirations + 1)),
-        lease_owner = null, lease_expires_at = null, finished_at = p_now, updated_at = p_now
-      where id = r.id returning * into r;
-      delete from quickjs.snapshots where run_id = r.id;
-      perform quickjs.notify_parent(r, p_now);
+            '(crash, platform timeout or out of memory)', r.lease_expirations)),
+        p_now);
     else
       update quickjs.runs set status = 'queued', run_at = p_now, lease_expirations = lease_expirations + 1,
         lease_owner = null, lease_expires_at = null, updated_at = p_now
@@ -682,6 +681,23 @@ comment on function quickjs.suspend_run is
   'Stores the VM snapshot and parks the run until wake_at or a child run ends; queues it at once '
   'if what it waits for already happened.';
 
+-- The end of every run, whatever ends it: final status, no lease, no snapshot (it held the
+-- task's heap), and the parent told. The caller holds the run's row lock.
+create function quickjs.finish_run(
+  r quickjs.runs, p_status quickjs.run_status, p_result jsonb, p_error jsonb, p_now timestamptz)
+returns quickjs.runs language plpgsql as $$
+begin
+  update quickjs.runs set status = p_status, result = p_result, error = p_error,
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    finished_at = p_now, updated_at = p_now
+  where id = r.id returning * into r;
+  delete from quickjs.snapshots where run_id = r.id;
+  perform quickjs.notify_parent(r, p_now);
+  return r;
+end $$;
+comment on function quickjs.finish_run is
+  'Ends a run (completed, failed or cancelled): drops lease and snapshot, settles the parent''s call.';
+
 create function quickjs.complete_run(
   p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
   p_now timestamptz default now())
@@ -689,13 +705,8 @@ returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
 begin
-  update quickjs.runs set status = 'completed', result = coalesce(p_result, 'null'), error = null,
-    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-    finished_at = p_now, updated_at = p_now
-  where id = r.id returning * into r;
-  delete from quickjs.snapshots where run_id = r.id;
+  r := quickjs.finish_run(r, 'completed', coalesce(p_result, 'null'), null, p_now);
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
-  perform quickjs.notify_parent(r, p_now);
   return quickjs.run_json(r);
 end $$;
 comment on function quickjs.complete_run is 'Final: stores the result, drops the snapshot, wakes the parent.';
@@ -707,13 +718,8 @@ returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
 begin
-  update quickjs.runs set status = 'failed', error = p_error, result = null,
-    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-    finished_at = p_now, updated_at = p_now
-  where id = r.id returning * into r;
-  delete from quickjs.snapshots where run_id = r.id;
+  r := quickjs.finish_run(r, 'failed', null, p_error, p_now);
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
-  perform quickjs.notify_parent(r, p_now);
   return quickjs.run_json(r);
 end $$;
 comment on function quickjs.fail_run is 'Final: stores the error, drops the snapshot, wakes the parent.';
@@ -733,20 +739,16 @@ begin
   if r.status in ('completed', 'failed', 'cancelled') then
     return quickjs.run_json(r) || '{"cancelled": false}';
   end if;
-  update quickjs.runs set status = 'cancelled', result = null,
-    error = jsonb_build_object('code', 'CANCELLED', 'name', 'Cancelled',
+  r := quickjs.finish_run(r, 'cancelled', null,
+    jsonb_build_object('code', 'CANCELLED', 'name', 'Cancelled',
       'message', coalesce(p_reason, 'the run was cancelled')),
-    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-    finished_at = p_now, updated_at = p_now
-  where id = r.id returning * into r;
-  delete from quickjs.snapshots where run_id = r.id;
+    p_now);
   for child_id in
     select id from quickjs.runs where parent_run_id = r.id
       and status not in ('completed', 'failed', 'cancelled')
   loop
     perform quickjs.cancel_run(child_id, 'the parent run was cancelled', null, p_now);
   end loop;
-  perform quickjs.notify_parent(r, p_now);
   return quickjs.run_json(r) || '{"cancelled": true}';
 end $$;
 comment on function quickjs.cancel_run is

@@ -49,7 +49,7 @@ export function findServer(): Promise<string | null> {
   })();
 }
 
-const SUPABASE_ROLES = `
+export const SUPABASE_ROLES = `
   do $$ begin
     if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin; end if;
     if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin; end if;
@@ -66,7 +66,7 @@ export async function openTestDb(label: string): Promise<TestDb> {
       }`,
     );
   }
-  return server ? await openOnServer(server, label) : await openPglite();
+  return server ? await openOnServer(server, label) : await openPgliteTestDb();
 }
 
 async function openOnServer(server: string, label: string): Promise<TestDb> {
@@ -113,7 +113,8 @@ async function openOnServer(server: string, label: string): Promise<TestDb> {
   };
 }
 
-async function openPglite(): Promise<TestDb> {
+/** A migrated in-memory PGlite with the Supabase roles, whatever server is around. */
+export async function openPgliteTestDb(): Promise<TestDb> {
   const driver = await pgliteDriver();
   const db: PGlite = driver.db;
   await db.exec(SUPABASE_ROLES);
@@ -133,25 +134,58 @@ async function openPglite(): Promise<TestDb> {
   };
 }
 
+/** The server the tests use, or null when they run on PGlite. */
+export const SERVER: string | null = await findServer();
+
+/** QUICKJS_TEST_KNOWN_BUGS=1 runs the tests ignored for a known bug (to check a fix). */
+const RUN_KNOWN_BUGS = Deno.env.get("QUICKJS_TEST_KNOWN_BUGS") === "1";
+
+export interface TestOptions {
+  /** Why the test is not run: a known bug (named in the report) or a missing server. */
+  ignore?: string | boolean;
+  /**
+   * The test needs a PostgreSQL server; ignored on PGlite. A string says why (default: it
+   * needs several connections at once).
+   */
+  serverOnly?: boolean | string;
+}
+
+export type GroupTest = (
+  name: string,
+  fn: (db: TestDb, t: Deno.TestContext) => Promise<void>,
+  options?: TestOptions,
+) => void;
+
 /**
- * Registers the tests of a file that share one database. The database is opened by the
- * first test and closed after the last; it is dropped only if every test passed.
+ * Registers the tests of a file that share one database (default: openTestDb(label)). The
+ * database is opened by the first test that runs and closed after the last; it is dropped
+ * only if all of them passed, otherwise its name is printed and it is left for inspection.
+ * Ignored tests do not count, so they do not keep the database open.
  */
-export function dbTests(label: string) {
+export function dbTests(
+  label: string,
+  open: () => Promise<TestDb> = () => openTestDb(label),
+): { test: GroupTest; db: () => Promise<TestDb> } {
   let db: Promise<TestDb> | undefined;
   let failed = false;
   let registered = 0;
   let finished = 0;
-  const get = () => db ??= openTestDb(label);
-  function test(
-    name: string,
-    fn: (db: TestDb, t: Deno.TestContext) => Promise<void>,
-    options: { ignore?: boolean; only?: boolean } = {},
-  ): void {
-    if (!options.ignore) registered++;
+  const get = () => db ??= open();
+  const test: GroupTest = (name, fn, options = {}) => {
+    const reason = (options.ignore && !RUN_KNOWN_BUGS ? String(options.ignore) : undefined) ||
+      (options.serverOnly && !SERVER
+        ? typeof options.serverOnly === "string"
+          ? options.serverOnly
+          : "needs a PostgreSQL server with several connections; PGlite has one"
+        : undefined);
+    if (reason) {
+      console.log(`[tests] not run: "${name}": ${reason}`);
+      Deno.test({ name, ignore: true, fn: () => {} });
+      return;
+    }
+    registered++;
     Deno.test({
       name,
-      ...options,
       sanitizeOps: false,
       sanitizeResources: false,
       fn: async (t) => {
@@ -165,6 +199,6 @@ export function dbTests(label: string) {
         }
       },
     });
-  }
+  };
   return { test, db: get };
 }
