@@ -101,7 +101,17 @@ export async function httpFetch(
     }
     let text: string;
     try {
-      text = await readCapped(response, options.maxResponseBytes ?? HTTP_DEFAULTS.maxResponseBytes);
+      const maxBytes = options.maxResponseBytes ?? HTTP_DEFAULTS.maxResponseBytes;
+      const bytes = await readCapped(
+        response.body,
+        maxBytes,
+        () =>
+          new ToolError(
+            "HTTP_TOO_LARGE",
+            `http.fetch: the response is larger than ${maxBytes} bytes`,
+          ),
+      );
+      text = new TextDecoder().decode(bytes);
     } catch (e) {
       if (e instanceof ToolError) throw e;
       if (timeout.aborted) {
@@ -251,21 +261,26 @@ function expandIPv6(address: string): number[] | undefined {
   return groups.map((x) => parseInt(x, 16));
 }
 
-async function readCapped(response: Response, maxBytes: number): Promise<string> {
-  if (!response.body) return "";
-  const reader = response.body.getReader();
+/**
+ * The bytes of a stream, refusing more than `maxBytes` (counted while reading: a
+ * Content-Length may be absent or lie). `tooLarge` makes the error.
+ */
+export async function readCapped(
+  stream: ReadableStream<Uint8Array> | null,
+  maxBytes: number,
+  tooLarge: () => Error,
+): Promise<Uint8Array> {
+  if (!stream) return new Uint8Array();
+  const reader = stream.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    total += value.length;
+    total += value.byteLength;
     if (total > maxBytes) {
-      await reader.cancel();
-      throw new ToolError(
-        "HTTP_TOO_LARGE",
-        `http.fetch: the response is larger than ${maxBytes} bytes`,
-      );
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
     }
     chunks.push(value);
   }
@@ -273,7 +288,7 @@ async function readCapped(response: Response, maxBytes: number): Promise<string>
   let offset = 0;
   for (const chunk of chunks) {
     all.set(chunk, offset);
-    offset += chunk.length;
+    offset += chunk.byteLength;
   }
-  return new TextDecoder().decode(all);
+  return all;
 }

@@ -1,5 +1,6 @@
 /** Reads a JSON request body under a size limit that also holds for chunked bodies. */
 import { HttpError } from "./errors.ts";
+import { readCapped } from "../engine/http_tool.ts";
 
 /** The parsed body, or undefined when there is none (empty or only whitespace). */
 export async function readJsonBody(request: Request, maxBytes: number): Promise<unknown> {
@@ -7,25 +8,7 @@ export async function readJsonBody(request: Request, maxBytes: number): Promise<
   if (declared !== null && Number(declared) > maxBytes) throw tooLarge(maxBytes);
   if (!request.body) return undefined;
   // Content-Length is absent for chunked bodies (and may lie): count while reading
-  const reader = request.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    size += value.byteLength;
-    if (size > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge(maxBytes);
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(size);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.byteLength;
-  }
+  const bytes = await readCapped(request.body, maxBytes, () => tooLarge(maxBytes));
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
