@@ -1,0 +1,107 @@
+/**
+ * Dispatch through pg_net, which cannot be installed here: a double of its `net.http_post`
+ * (same signature; it records the request instead of sending it) shows what the trigger
+ * asks pg_net to send, and replaying that request against the edge function's handler
+ * runs the task, as on Supabase.
+ */
+import assert from "node:assert/strict";
+import { dbTests } from "../support/db.ts";
+import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
+import { Engine } from "../../supabase/functions/quickjs/engine/run_loop.ts";
+import { ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
+
+const { test } = dbTests("pg_net_dispatch");
+
+/** pg_net 0.x: net.http_post(url, body, params, headers, timeout_milliseconds) → request id. */
+const PG_NET_DOUBLE = [
+  `create schema if not exists net`,
+  `create table if not exists net.requests (
+    id bigint generated always as identity primary key,
+    url text, body jsonb, params jsonb, headers jsonb, timeout_milliseconds int)`,
+  `create or replace function net.http_post(
+    url text, body jsonb default '{}', params jsonb default '{}',
+    headers jsonb default '{"Content-Type": "application/json"}',
+    timeout_milliseconds int default 5000) returns bigint language sql as $$
+    insert into net.requests (url, body, params, headers, timeout_milliseconds)
+    values (url, body, params, headers, timeout_milliseconds) returning id
+  $$`,
+];
+
+const KEY = "service-role-key-for-the-test";
+
+test("with dispatch = pg_net a ready run becomes POST <function_url>/runs/<id>/resume, which runs it", async (db) => {
+  for (const statement of PG_NET_DOUBLE) await db.query(statement);
+  await db.query("update quickjs.settings set value = 'pg_net' where key = 'dispatch'");
+  await db.query(
+    `insert into quickjs.settings (key, value) values
+       ('function_url', 'https://project.supabase.co/functions/v1/quickjs/'),
+       ('service_role_key', $1)`,
+    [KEY],
+  );
+  await db.store.publishTask({
+    name: "dispatched",
+    code: `export default async (input) => ({ doubled: input.n * 2 })`,
+  });
+  // a plain SQL insert: the trigger announces the run
+  const [row] = await db.query<{ id: string }>(
+    `insert into quickjs.runs (task_name, input) values ('dispatched', '{"n": 21}') returning id`,
+  );
+  const requests = await db.query<{
+    url: string;
+    headers: Record<string, string>;
+    body: unknown;
+    timeout_milliseconds: number;
+  }>("select url, headers, body, timeout_milliseconds from net.requests order by id");
+  assert.equal(requests.length, 1);
+  const request = requests[0]!;
+  assert.equal(
+    request.url,
+    `https://project.supabase.co/functions/v1/quickjs/runs/${row!.id}/resume`,
+  );
+  assert.equal(request.headers.Authorization, `Bearer ${KEY}`);
+  assert.equal(request.headers["Content-Type"], "application/json");
+  assert.ok(request.timeout_milliseconds >= 140_000, "the invocation may take up to its budget");
+
+  // what the edge function does with that request
+  const store = db.store;
+  const app = createApp({
+    store,
+    engine: new Engine({ store, tools: new ToolRegistry(store), workerId: "edge" }),
+    auth: { serviceRoleKey: KEY },
+  });
+  const response = await app(
+    new Request(request.url.replace("https://project.supabase.co/functions/v1", "http://edge"), {
+      method: "POST",
+      headers: request.headers,
+      body: JSON.stringify(request.body),
+    }),
+  );
+  assert.equal(response.status, 200, await response.clone().text());
+  const run = await store.getRun(row!.id);
+  assert.equal(run?.status, "completed");
+  assert.deepEqual(run?.result, { doubled: 42 });
+});
+
+test("without pg_net installed, dispatch = pg_net falls back to NOTIFY", async (db) => {
+  const hasNet = await db.query<{ ok: boolean }>(
+    "select to_regnamespace('net') is not null as ok",
+  );
+  if (hasNet[0]!.ok) await db.query("drop schema net cascade");
+  await db.query("update quickjs.settings set value = 'pg_net' where key = 'dispatch'");
+  await db.query(
+    `insert into quickjs.settings (key, value) values ('function_url', 'https://x/quickjs')
+     on conflict (key) do update set value = excluded.value`,
+  );
+  const heard: string[] = [];
+  const unlisten = await db.driver.listen!("quickjs_runs", (id) => heard.push(id));
+  try {
+    await db.store.publishTask({ name: "fallback", code: `export default async () => 1` });
+    const run = await db.store.enqueueRun({ task: "fallback" });
+    for (let i = 0; i < 50 && !heard.includes(run.id); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.ok(heard.includes(run.id), "the run was announced on quickjs_runs");
+  } finally {
+    await unlisten();
+  }
+});
