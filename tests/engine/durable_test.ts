@@ -252,3 +252,18 @@ test("a snapshot from another build fails its run with SNAPSHOT_INCOMPATIBLE", a
     assert.equal(run.error?.code, "SNAPSHOT_INCOMPATIBLE", `${what}: ${run.error?.message}`);
   }
 });
+
+test("a task version whose limits were written out of range by hand fails its runs with TASK_INVALID, not a crash loop", async (db) => {
+  const h = harness(db.store);
+  const id = await startTask(h, `export default async () => 1`);
+  await db.query(
+    `update quickjs.task_versions v set limits = '{"memoryBytes": 5}'
+     from quickjs.runs r where r.id = $1 and v.task_id = r.task_id and v.version = r.task_version`,
+    [id],
+  );
+  const [result] = await h.engine.claimAndRun({ runId: id });
+  assert.equal(result?.status, "failed");
+  const run = (await db.store.getRun(id))!;
+  assert.equal(run.error?.code, "TASK_INVALID");
+  assert.match(run.error!.message, /memoryBytes/);
+});

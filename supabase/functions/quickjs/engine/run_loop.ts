@@ -73,8 +73,12 @@ export type EngineEvent =
 export interface InvocationResult {
   runId: string;
   task: string;
-  /** The run's status afterwards; "lost" when another worker took it over or it was cancelled. */
-  status: RunStatus | "lost";
+  /**
+   * The run's status afterwards; "lost" when another worker took it over or it was
+   * cancelled; "error" when the engine itself failed (the run is left to its lease, and
+   * another worker continues it from its last snapshot).
+   */
+  status: RunStatus | "lost" | "error";
   result?: Json;
   error?: RunError;
   wakeAt?: string | null;
@@ -120,7 +124,20 @@ export class Engine {
       runId: options.runId,
       now: this.clock.now(),
     });
-    return await Promise.all(claimed.map((run) => this.runClaimed(run, options)));
+    // one run's trouble (the database gone mid-run) must not hide the others' results
+    return await Promise.all(
+      claimed.map((run) =>
+        this.runClaimed(run, options).catch((e): InvocationResult => ({
+          runId: run.id,
+          task: run.task,
+          status: "error",
+          error: { code: "ENGINE_ERROR", name: "EngineError", message: (e as Error).message },
+          restored: false,
+          cpuMs: 0,
+          wallMs: 0,
+        }))
+      ),
+    );
   }
 
   /** One invocation of a run this worker holds the lease of. */
@@ -166,6 +183,7 @@ class Invocation {
   readonly #run: ClaimedRun;
   readonly #lease: Lease;
   readonly #limits: SandboxLimits;
+  #badLimits: string | undefined;
   readonly #abort = new AbortController();
   readonly #started = performance.now();
   #vm: TaskVm | undefined;
@@ -188,7 +206,13 @@ class Invocation {
     this.#engine = engine;
     this.#run = run;
     this.#lease = { runId: run.id, token: run.fencingToken };
-    this.#limits = resolveLimits(run.limits);
+    try {
+      this.#limits = resolveLimits(run.limits);
+    } catch (e) {
+      // limits written to the table by hand, out of range: the run cannot start
+      this.#limits = resolveLimits({});
+      this.#badLimits = (e as Error).message;
+    }
     for (const call of run.calls) this.#journal.set(call.seq, call);
     const abort = signals.abort;
     abort?.addEventListener("abort", () => this.#abort.abort(abort.reason), { once: true });
@@ -230,6 +254,12 @@ class Invocation {
 
   async #open(): Promise<VmState> {
     const run = this.#run;
+    if (this.#badLimits) {
+      return {
+        kind: "failed",
+        error: { code: "TASK_INVALID", name: "TaskInvalid", message: this.#badLimits },
+      };
+    }
     const t0 = performance.now();
     if (run.snapshot) {
       try {

@@ -7,6 +7,8 @@
 export const SANDBOX_ERROR_CODES = Object.freeze({
   /** The task code does not parse; the message has the line and column. */
   TASK_SYNTAX: "TASK_SYNTAX",
+  /** The task's definition cannot run (limits out of range, written around the checks). */
+  TASK_INVALID: "TASK_INVALID",
   /** The task code loads but has no default-exported function (or module.exports). */
   TASK_NO_ENTRY: "TASK_NO_ENTRY",
   /** The task's code threw (or its promise rejected) and nothing caught it. */
