@@ -8,6 +8,9 @@ import { dbTests } from "../support/db.ts";
 import { harness, runTaskToEnd, runToEnd, startTask } from "../support/engine_harness.ts";
 import { readSnapshot } from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
 import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+import { postgrestDouble } from "../support/postgrest.ts";
+import { supabaseDriver } from "../../supabase/functions/quickjs/store/supabase.ts";
+import { Store } from "../../supabase/functions/quickjs/store/store.ts";
 
 const { test } = dbTests("engine_durable");
 
@@ -266,4 +269,31 @@ test("a task version whose limits were written out of range by hand fails its ru
   const run = (await db.store.getRun(id))!;
   assert.equal(run.error?.code, "TASK_INVALID");
   assert.match(run.error!.message, /memoryBytes/);
+});
+
+test("the engine runs a durable task just the same through supabase-js and PostgREST", async (db) => {
+  const postgrest = postgrestDouble(db.driver, { serviceRoleKey: "service-key" });
+  const store = new Store(
+    supabaseDriver("http://project.supabase.test", "service-key", { fetch: postgrest.fetch }),
+  );
+  const h = harness(store);
+  const child = `double_${Date.now().toString(36)}`;
+  await store.publishTask({ name: child, code: `export default async (n) => n * 2` });
+  const run = await runTaskToEnd(
+    h,
+    `export default async function (input) {
+      await tools.kv.set("through-postgrest", input);
+      await sleep("3 hours");
+      const back = await tools.kv.get("through-postgrest");
+      return { back, child: await tools.tasks.execute("${child}", 2) };
+    }`,
+    { n: 7 },
+  );
+  assert.equal(run.status, "completed");
+  assert.deepEqual(run.result, { back: { n: 7 }, child: 4 });
+  assert.ok(run.suspensions >= 2, "the sleep and the child each saved the VM");
+  const used = new Set(postgrest.requests.map((r) => r.path.replace("/rest/v1/rpc/", "")));
+  for (const op of ["claim_runs", "record_call", "suspend_run", "start_child", "complete_run"]) {
+    assert.ok(used.has(op), `${op} went through PostgREST`);
+  }
 });
