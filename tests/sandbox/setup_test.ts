@@ -6,6 +6,10 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { getBootImage, TaskVm } from "../../supabase/functions/quickjs/sandbox/vm.ts";
 import { DEFAULT_LIMITS } from "../../supabase/functions/quickjs/sandbox/limits.ts";
+import {
+  readBuildBytes,
+  VENDORED_WASM_DIR,
+} from "../../supabase/functions/quickjs/sandbox/wasm.ts";
 import { drive, newVm, resultOf } from "./drive.ts";
 
 for (const variant of ["asyncify", "sync"] as const) {
@@ -62,4 +66,31 @@ Deno.test("disposing a VM whose host code leaked a handle throws", async () => {
   assert.equal(leaked.alive, true);
   // QuickJS aborts when its runtime still holds an object at teardown.
   assert.throws(() => leaky.dispose(), /list_empty|Aborted/);
+});
+
+Deno.test("without the npm package's wasm (a deployed bundle), the copy prepare-deploy vendored is used", async () => {
+  const prepared = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--frozen", "scripts/prepare-deploy.ts", "--json"],
+    cwd: new URL("../../", import.meta.url),
+    stdout: "piped",
+  }).output();
+  assert.ok(prepared.success);
+  const fromPackage = await readBuildBytes("asyncify");
+  const fromCopy = await readBuildBytes(
+    "asyncify",
+    "file:///no/such/package/emscripten-module.wasm",
+  );
+  assert.deepEqual(fromCopy, fromPackage);
+  // a copy from another package version is refused rather than loaded
+  const record = new URL("asyncify.json", VENDORED_WASM_DIR);
+  const saved = await Deno.readTextFile(record);
+  try {
+    await Deno.writeTextFile(record, JSON.stringify({ packageVersion: "0.0.1" }));
+    await assert.rejects(
+      readBuildBytes("asyncify", "file:///no/such/package/emscripten-module.wasm"),
+      /vendored QuickJS wasm is from .* 0\.0\.1/,
+    );
+  } finally {
+    await Deno.writeTextFile(record, saved);
+  }
 });

@@ -99,9 +99,15 @@ export function getBuild(variant: BuildVariant = BUILD_VARIANT): Promise<WasmBui
   return build;
 }
 
+/**
+ * Where `deno task prepare-deploy` copies the wasm files: a deployed edge function carries
+ * only the files its config.toml lists as static_files, not the npm package's .wasm.
+ */
+export const VENDORED_WASM_DIR = new URL("./wasm/", import.meta.url);
+
 async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
   const source = SOURCES[variant];
-  const bytes = await readWasm(source.wasmUrl());
+  const bytes = await readBuildBytes(variant);
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   return {
     variant,
@@ -112,6 +118,39 @@ async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
     variantModule: await source.load(),
     facts: analyseWasm(bytes),
   };
+}
+
+/**
+ * The npm package's wasm (`packageUrl` for tests); failing that, the copy prepare-deploy
+ * vendored for the same package version.
+ */
+export async function readBuildBytes(
+  variant: BuildVariant,
+  packageUrl?: string,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const source = SOURCES[variant];
+  try {
+    return await readWasm(packageUrl ?? source.wasmUrl());
+  } catch (packageError) {
+    const vendored = new URL(`${variant}.wasm`, VENDORED_WASM_DIR);
+    let recorded: { packageVersion?: string };
+    try {
+      recorded = JSON.parse(await Deno.readTextFile(new URL(`${variant}.json`, VENDORED_WASM_DIR)));
+    } catch {
+      throw new Error(
+        `cannot read the QuickJS wasm of ${source.packageName} (${
+          (packageError as Error).message
+        }) and no vendored copy exists: run \`deno task prepare-deploy\``,
+      );
+    }
+    if (recorded.packageVersion !== source.version) {
+      throw new Error(
+        `the vendored QuickJS wasm is from ${source.packageName} ${recorded.packageVersion}, ` +
+          `the code is ${source.version}: run \`deno task prepare-deploy\` again`,
+      );
+    }
+    return await Deno.readFile(vendored);
+  }
 }
 
 async function readWasm(url: string): Promise<Uint8Array<ArrayBuffer>> {
