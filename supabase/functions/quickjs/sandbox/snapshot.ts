@@ -4,12 +4,13 @@
  * An idle VM (evalCode returned, jobs drained, the task parked on host calls) keeps all
  * of its state in the wasm linear memory; the only mutable wasm global, the C stack
  * pointer, sits at its idle value. A snapshot therefore is the memory, stored as the
- * 4 KiB pages that differ from a freshly set-up VM (the "baseline", computed once per
- * process), compressed, behind a header that says exactly which build and setup made it.
+ * 4 KiB pages that differ from the boot image (vm.ts: the memory of a fully set-up VM,
+ * computed once per process), behind a header that says exactly which build and set-up
+ * made it. The header's `baseline` is the boot image's fingerprint.
  *
- * Restore = a fresh module instance with memory of the snapshot's size, the identical
- * setup (vm.ts), a check that the setup put the runtime, context and handles where the
- * snapshot says, then the baseline and the snapshot's pages written over the memory.
+ * Restore = a VM made from the boot image in a fresh module instance with memory of the
+ * snapshot's size (vm.ts checks the runtime, context and handles land where the image
+ * says), then the snapshot's pages XORed back over its memory.
  *
  * Layout: MAGIC (8) | SHA-256 of everything after it (32) | header length (u32 LE) |
  *         header JSON | body (gzip of: page numbers as u32 LE, then the pages, each XORed

@@ -13,7 +13,13 @@
  */
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
 import { PRELUDE_SOURCE } from "./prelude.ts";
-import { InterruptWatch, limitErrorCode, type SandboxLimits, utf8Bytes } from "./limits.ts";
+import {
+  DEFAULT_LIMITS,
+  InterruptWatch,
+  limitErrorCode,
+  type SandboxLimits,
+  utf8Bytes,
+} from "./limits.ts";
 import { type RunError, SandboxError } from "./errors.ts";
 import {
   BUILD_VARIANT,
@@ -23,7 +29,6 @@ import {
   type WasmBuild,
   type WasmInstance,
 } from "./wasm.ts";
-import { DEFAULT_LIMITS } from "./limits.ts";
 import { deadStackPages, heapBreak, PAGE_SIZE, roundUpToPage } from "./layout.ts";
 
 /** JSON-compatible value. */
