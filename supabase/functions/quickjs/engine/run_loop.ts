@@ -172,9 +172,15 @@ type Settled = { seq: number; outcome: CallOutcome; secret: boolean; at: number 
 
 /** What a parked call waits for while nothing in this process works on it. */
 type DurableWait =
-  | { kind: "sleep"; wakeAt: Date }
   | { kind: "child"; childRunId: string }
   | { kind: "now" }; // a checkpoint, or a call deferred to the next invocation
+
+/**
+ * A sleep this invocation knows of. `hold`: the invocation waits for it (a short sleep);
+ * otherwise it is delivered only if it comes due while the invocation runs anyway, and
+ * a suspension wakes at it.
+ */
+type Timer = { wakeAt: Date; hold: boolean };
 
 const LOG_FLUSH_LINES = 200;
 
@@ -192,8 +198,8 @@ class Invocation {
   #inflight = new Set<number>();
   /** In-process calls that settled and wait to be delivered, earliest first. */
   #ready: Settled[] = [];
-  /** Short sleeps this process waits out itself: seq → deadline. */
-  #timers = new Map<number, Date>();
+  /** Sleeps by seq; delivered in deadline order as they come due, like timers. */
+  #timers = new Map<number, Timer>();
   #onSettled: (() => void) | undefined;
   #durable = new Map<number, DurableWait>();
   #logs: LogLine[] = [];
@@ -315,7 +321,7 @@ class Invocation {
           await this.#settleInJournal(seq, { ok: true }, false);
           ready.push({ seq, at: wakeAt.getTime(), outcome: { ok: true }, secret: false });
         } else {
-          this.#durable.set(seq, { kind: "sleep", wakeAt });
+          this.#timers.set(seq, { wakeAt, hold: false });
         }
       } else if (call.childRunId) {
         this.#durable.set(seq, { kind: "child", childRunId: call.childRunId });
@@ -352,16 +358,7 @@ class Invocation {
       if (this.#vm!.hasNewCalls) continue;
       if (this.#budgetSpent()) return await this.#suspend("budget");
       if (this.#logs.length >= LOG_FLUSH_LINES) await this.#flushLogs();
-      const due = this.#dueSleeps();
-      if (due.length) {
-        for (const seq of due) {
-          this.#durable.delete(seq);
-          await this.#settleInJournal(seq, { ok: true }, false);
-          state = this.#deliver(seq, { ok: true });
-        }
-        continue;
-      }
-      if (this.#inflight.size === 0 && this.#ready.length === 0 && this.#timers.size === 0) {
+      if (this.#inflight.size === 0 && this.#ready.length === 0 && !this.#timerToWaitFor()) {
         return await this.#suspend("parked");
       }
       const next = await this.#nextSettled();
@@ -428,11 +425,7 @@ class Invocation {
         if (record.replayed) return { outcome: outcomeOf(record), secret: false };
         // a sleep made again after a crash keeps its first deadline
         const wakeAt = record.wakeAt ? new Date(record.wakeAt) : plan.wakeAt;
-        if (inline) {
-          this.#timers.set(seq, wakeAt);
-        } else {
-          this.#durable.set(seq, { kind: "sleep", wakeAt });
-        }
+        this.#timers.set(seq, { wakeAt, hold: inline });
         return undefined;
       }
       case "child": {
@@ -539,14 +532,13 @@ class Invocation {
     return vm.run();
   }
 
-  #dueSleeps(): number[] {
+  /** A short sleep still to wait out, or any sleep already due. */
+  #timerToWaitFor(): boolean {
     const now = this.#now.getTime();
-    return [...this.#durable.entries()]
-      .filter(([, wait]) => wait.kind === "sleep" && wait.wakeAt.getTime() <= now)
-      .sort(([a, x], [b, y]) =>
-        (x as { wakeAt: Date }).wakeAt.getTime() - (y as { wakeAt: Date }).wakeAt.getTime() || a - b
-      )
-      .map(([seq]) => seq);
+    for (const timer of this.#timers.values()) {
+      if (timer.hold || timer.wakeAt.getTime() <= now) return true;
+    }
+    return false;
   }
 
   /** Runs a call in this process; its outcome joins the ready queue when it settles. */
@@ -567,8 +559,8 @@ class Invocation {
   async #nextSettled(): Promise<Settled | "budget"> {
     for (;;) {
       const now = this.#now.getTime();
-      const due: Settled[] = [...this.#timers].filter(([, at]) => at.getTime() <= now)
-        .map(([seq, at]) => ({ seq, outcome: { ok: true }, secret: false, at: at.getTime() }));
+      const due: Settled[] = [...this.#timers].filter(([, t]) => t.wakeAt.getTime() <= now)
+        .map(([seq, t]) => ({ seq, outcome: { ok: true }, secret: false, at: t.wakeAt.getTime() }));
       const candidates = [...this.#ready, ...due].sort((a, b) => a.at - b.at || a.seq - b.seq);
       const next = candidates[0];
       if (next) {
@@ -576,7 +568,7 @@ class Invocation {
         this.#ready.splice(this.#ready.indexOf(next), 1);
         return next;
       }
-      const nextTimer = Math.min(...[...this.#timers.values()].map((d) => d.getTime()));
+      const nextTimer = Math.min(...[...this.#timers.values()].map((t) => t.wakeAt.getTime()));
       const wait = new AbortController();
       let budget: ReturnType<typeof setTimeout> | undefined;
       const outcome = await new Promise<"settled" | "budget" | "lost">((resolve) => {
@@ -635,14 +627,13 @@ class Invocation {
     let wakeAt: Date | null = null;
     let now = false;
     for (const seq of parked) {
-      const wait = this.#durable.get(seq) ??
-        (this.#timers.has(seq)
-          ? { kind: "sleep" as const, wakeAt: this.#timers.get(seq)! }
-          : undefined);
-      if (!wait) now = true; // in flight here: it runs again in the next invocation
+      const timer = this.#timers.get(seq);
+      const wait = this.#durable.get(seq);
+      if (timer) {
+        if (!wakeAt || timer.wakeAt < wakeAt) wakeAt = timer.wakeAt;
+      } else if (!wait) now = true; // in flight here: it runs again in the next invocation
       else if (wait.kind === "now") now = true;
-      else if (wait.kind === "child") children.push(wait.childRunId);
-      else if (!wakeAt || wait.wakeAt < wakeAt) wakeAt = wait.wakeAt;
+      else children.push(wait.childRunId);
     }
     if (reason === "budget" || now) wakeAt = this.#now;
     const waitingOn: WaitingOn = { calls: parked };
