@@ -14,8 +14,7 @@
  * Exit code: 0 when the run completed, 1 when it failed or was cancelled, 2 on bad usage.
  */
 import { parseArgs } from "node:util";
-import { dirname, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { dirname } from "node:path";
 import { Engine, type InvocationResult } from "../supabase/functions/quickjs/engine/run_loop.ts";
 import { type CustomTool, ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
 import { type Clock, VirtualClock } from "../supabase/functions/quickjs/engine/clock.ts";
@@ -24,6 +23,7 @@ import type { Store } from "../supabase/functions/quickjs/store/store.ts";
 import type { Json } from "../supabase/functions/quickjs/sandbox/vm.ts";
 import { openStore } from "./lib/open_store.ts";
 import { publishTasks, readTaskFile } from "./lib/task_files.ts";
+import { loadToolsModule } from "./lib/tools_module.ts";
 
 const USAGE =
   "usage: run-task <file.js> [--input JSON] [--durable-all] [--restore-in-subprocess] [--db URL] [--tools module.ts] [--real-time]";
@@ -31,12 +31,6 @@ const USAGE =
 interface Options {
   durableAll: boolean;
   toolsModule?: string;
-}
-
-async function loadTools(module?: string): Promise<Record<string, CustomTool>> {
-  if (!module) return {};
-  const loaded = await import(pathToFileURL(resolve(module)).href);
-  return loaded.default as Record<string, CustomTool>;
 }
 
 function newEngine(
@@ -62,7 +56,7 @@ async function step(db: string, offsetMs: number, options: Options): Promise<voi
       store,
       new VirtualClock(offsetMs),
       options,
-      await loadTools(options.toolsModule),
+      await loadToolsModule(options.toolsModule),
     );
     const results = await engine.claimAndRun({ limit: 1 });
     console.log(JSON.stringify(results));
@@ -120,7 +114,7 @@ async function main(): Promise<number> {
   await publishTasks(store, dirname(file));
   const run = await store.enqueueRun({ task: task.name, input });
   const clock = new VirtualClock();
-  const custom = await loadTools(options.toolsModule);
+  const custom = await loadToolsModule(options.toolsModule);
   const engine = newEngine(store, clock, options, custom);
   let suspensions = 0;
   let snapshotBytesMax = 0;

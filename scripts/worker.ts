@@ -24,8 +24,6 @@
  * database failed (with --once: any claim or invocation that failed), 2 on bad usage.
  */
 import { parseArgs } from "node:util";
-import { resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { hostname } from "node:os";
 import { Engine, type InvocationResult } from "../supabase/functions/quickjs/engine/run_loop.ts";
 import { type CustomTool, ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
@@ -33,6 +31,7 @@ import { httpOptionsFromEnv } from "../supabase/functions/quickjs/engine/http_to
 import { openStore } from "./lib/open_store.ts";
 import { WorkerLoop } from "./lib/worker_loop.ts";
 import { millis } from "./lib/format.ts";
+import { loadToolsModule } from "./lib/tools_module.ts";
 
 const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
   "[--tools module.ts] [--worker-id ID] [--once] [--json]";
@@ -50,18 +49,11 @@ function positiveInt(name: string, text: string, min = 1): number {
 }
 
 async function loadTools(module?: string): Promise<Record<string, CustomTool>> {
-  if (!module) return {};
-  let loaded: { default?: unknown };
   try {
-    loaded = await import(pathToFileURL(resolve(module)).href);
+    return await loadToolsModule(module);
   } catch (e) {
-    throw new UsageError(`--tools ${module}: ${(e as Error).message}`);
+    throw new UsageError((e as Error).message);
   }
-  const tools = loaded.default;
-  if (!tools || typeof tools !== "object") {
-    throw new UsageError(`--tools ${module}: the default export must be { name: function }`);
-  }
-  return tools as Record<string, CustomTool>;
 }
 
 function invocationLine(result: InvocationResult, json: boolean): string {

@@ -4,21 +4,6 @@
  */
 import type { Json } from "../sandbox/vm.ts";
 
-/** Codes a host call can fail with (the task sees them as error.code). */
-export const TOOL_ERROR_CODES = Object.freeze({
-  TOOL_NOT_FOUND: "TOOL_NOT_FOUND",
-  TOOL_NOT_ALLOWED: "TOOL_NOT_ALLOWED",
-  BAD_ARGUMENTS: "BAD_ARGUMENTS",
-  TOOL_FAILED: "TOOL_FAILED",
-  SERVICE_ERROR: "SERVICE_ERROR",
-  SERVICE_TIMEOUT: "SERVICE_TIMEOUT",
-  HTTP_FORBIDDEN: "HTTP_FORBIDDEN",
-  HTTP_TIMEOUT: "HTTP_TIMEOUT",
-  HTTP_ERROR: "HTTP_ERROR",
-  HTTP_TOO_LARGE: "HTTP_TOO_LARGE",
-  HTTP_BAD_JSON: "HTTP_BAD_JSON",
-});
-
 export class ToolError extends Error {
   override name = "ToolError";
   constructor(readonly code: string, message: string, readonly data?: Json) {

@@ -20,7 +20,7 @@ import {
   type SandboxLimits,
   utf8Bytes,
 } from "./limits.ts";
-import { type RunError, SandboxError } from "./errors.ts";
+import type { RunError } from "./errors.ts";
 import {
   BUILD_VARIANT,
   type BuildVariant,
@@ -781,5 +781,3 @@ function keepRuntimeCallbacksUntilFreed(runtime: QuickJSRuntime): void {
     callbacks.deleteRuntime = () => {};
   }
 }
-
-export { SandboxError };
