@@ -4,7 +4,11 @@
  * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations.
  */
 import postgres from "postgres";
-import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+import {
+  migrate,
+  pgliteExecutor,
+  postgresExecutor,
+} from "../../supabase/functions/quickjs/store/migrate.ts";
 import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
 import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
 import { Store } from "../../supabase/functions/quickjs/store/store.ts";
@@ -22,20 +26,14 @@ export async function openStore(
     const dataDir = db.startsWith("pglite:") ? db.slice("pglite:".length) : undefined;
     const driver = await pgliteDriver(dataDir ? { dataDir } : {});
     if (apply) {
-      await migrate({
-        exec: async (sql) => void await driver.db.exec(sql),
-        query: async (sql, params) => await driver.db.query(sql, params),
-      });
+      await migrate(pgliteExecutor(driver.db));
     }
     return new Store(driver);
   }
   if (!apply) return new Store(postgresDriver(db));
   const admin = postgres(db, { max: 1, onnotice: () => {} });
   try {
-    await migrate({
-      exec: async (sql) => void await admin.unsafe(sql),
-      query: async (sql, params) => ({ rows: await admin.unsafe(sql, params) }),
-    });
+    await migrate(postgresExecutor(admin));
   } finally {
     await admin.end();
   }

@@ -11,6 +11,8 @@ import { testGroup } from "../support/groups.ts";
 import { startRun } from "../support/runs.ts";
 import {
   migrate,
+  pgliteExecutor,
+  postgresExecutor,
   readMigrations,
   type SqlExecutor,
 } from "../../supabase/functions/quickjs/store/migrate.ts";
@@ -36,17 +38,11 @@ const TABLES = [
 async function withExecutor<T>(db: TestDb, fn: (executor: SqlExecutor) => Promise<T>) {
   if (db.kind === "pglite") {
     const pg = (db.driver as PgliteDriver).db;
-    return await fn({
-      exec: async (text) => void await pg.exec(text),
-      query: async (text, params) => await pg.query(text, params),
-    });
+    return await fn(pgliteExecutor(pg));
   }
   const sql = postgres(db.url!, { max: 1, onnotice: () => {} });
   try {
-    return await fn({
-      exec: async (text) => void await sql.unsafe(text),
-      query: async (text, params) => ({ rows: await sql.unsafe(text, params) }),
-    });
+    return await fn(postgresExecutor(sql));
   } finally {
     await sql.end();
   }
@@ -112,10 +108,7 @@ test("the migrations apply on a fresh PGlite without the Supabase roles, creatin
        where rolname in ('anon', 'authenticated', 'service_role')`,
     );
     assert.equal(roles.rows[0]!.n, 0, "a bare PGlite has none of Supabase's roles");
-    const executor: SqlExecutor = {
-      exec: async (text) => void await pg.exec(text),
-      query: async (text, params) => await pg.query(text, params),
-    };
+    const executor = pgliteExecutor(pg);
     const files = await readMigrations();
     assert.deepEqual(await migrate(executor), files.map((m) => m.version));
     assert.deepEqual(await migrate(executor), []);

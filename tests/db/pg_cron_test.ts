@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { findServer } from "../support/db.ts";
-import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+import { migrate, postgresExecutor } from "../../supabase/functions/quickjs/store/migrate.ts";
 
 const server = await findServer();
 let cronDatabase: string | undefined;
@@ -45,10 +45,7 @@ Deno.test({
         end $$;
         drop schema if exists quickjs cascade;
         drop schema if exists supabase_migrations cascade;`);
-      await migrate({
-        exec: async (text) => void await sql.unsafe(text),
-        query: async (text, params) => ({ rows: await sql.unsafe(text, params) }),
-      });
+      await migrate(postgresExecutor(sql));
       const jobs = await sql`select schedule, command from cron.job where jobname = 'quickjs-tick'`;
       assert.deepEqual(
         jobs.map((j) => ({ ...j })),

@@ -6,7 +6,11 @@
  */
 import postgres from "postgres";
 import { PGlite } from "@electric-sql/pglite";
-import { migrate } from "../../supabase/functions/quickjs/store/migrate.ts";
+import {
+  migrate,
+  pgliteExecutor,
+  postgresExecutor,
+} from "../../supabase/functions/quickjs/store/migrate.ts";
 import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
 import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
 import { type SqlDriver, Store } from "../../supabase/functions/quickjs/store/store.ts";
@@ -80,10 +84,7 @@ async function openOnServer(server: string, label: string): Promise<TestDb> {
   const url = new URL(server);
   url.pathname = `/${name}`;
   const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
-  await migrate({
-    exec: async (text) => void await sql.unsafe(text),
-    query: async (text, params) => ({ rows: await sql.unsafe(text, params) }),
-  });
+  await migrate(postgresExecutor(sql));
   const driver = postgresDriver(url.toString());
   const drivers: SqlDriver[] = [driver];
   return {
@@ -118,10 +119,7 @@ export async function openPgliteTestDb(): Promise<TestDb> {
   const driver = await pgliteDriver();
   const db: PGlite = driver.db;
   await db.exec(SUPABASE_ROLES);
-  await migrate({
-    exec: async (text) => void await db.exec(text),
-    query: async (text, params) => await db.query(text, params),
-  });
+  await migrate(pgliteExecutor(db));
   return {
     kind: "pglite",
     name: "pglite",

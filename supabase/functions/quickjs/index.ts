@@ -7,7 +7,7 @@ import { httpOptionsFromEnv } from "./engine/http_tool.ts";
 import { ToolRegistry } from "./engine/tools.ts";
 import { createApp, preflight, withCors } from "./http/app.ts";
 import { errorResponse } from "./http/errors.ts";
-import { migrate } from "./store/migrate.ts";
+import { migrate, pgliteExecutor } from "./store/migrate.ts";
 import { pgliteDriver } from "./store/pglite.ts";
 import { postgresDriver } from "./store/postgres.ts";
 import { type SqlDriver, Store } from "./store/store.ts";
@@ -74,10 +74,7 @@ async function driverFromEnv(get: (name: string) => string | undefined): Promise
 /** The dev fallback: a migrated in-memory PGlite with examples/tasks/*.js published. */
 async function devDatabase(): Promise<SqlDriver> {
   const driver = await pgliteDriver();
-  await migrate({
-    exec: async (text) => void await driver.db.exec(text),
-    query: async (text, params) => await driver.db.query(text, params),
-  });
+  await migrate(pgliteExecutor(driver.db));
   try {
     // the same loader as `deno task publish` (names, @limits, @tools); dev only
     const { publishTasks } = await import("../../../scripts/lib/task_files.ts");

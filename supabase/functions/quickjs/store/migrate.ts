@@ -14,6 +14,30 @@ export interface SqlExecutor {
   query(sql: string, params: string[]): Promise<{ rows: Record<string, unknown>[] }>;
 }
 
+/** An executor over a PGlite instance. */
+export function pgliteExecutor(db: {
+  exec(sql: string): Promise<unknown>;
+  query(sql: string, params: string[]): Promise<{ rows: unknown[] }>;
+}): SqlExecutor {
+  return {
+    exec: async (sql) => void await db.exec(sql),
+    query: async (sql, params) =>
+      (await db.query(sql, params)) as { rows: Record<string, unknown>[] },
+  };
+}
+
+/** An executor over a postgres.js connection (one connection: migrations are transactions). */
+export function postgresExecutor(sql: {
+  unsafe(text: string, params?: string[]): PromiseLike<unknown>;
+}): SqlExecutor {
+  return {
+    exec: async (text) => void await sql.unsafe(text),
+    query: async (text, params) => ({
+      rows: (await sql.unsafe(text, params)) as Record<string, unknown>[],
+    }),
+  };
+}
+
 export interface Migration {
   version: string;
   name: string;
