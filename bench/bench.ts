@@ -12,20 +12,21 @@
 import { parseArgs } from "node:util";
 import assert from "node:assert/strict";
 import {
+  type BuildVariant,
   type CallOutcome,
+  Engine,
   getBootImage,
   type Json,
+  type Lease,
+  resolveLimits,
+  restoreSnapshot,
+  takeSnapshot,
   type TaskContext,
   TaskVm,
+  ToolRegistry,
   type VmState,
-} from "../supabase/functions/quickjs/sandbox/vm.ts";
-import { restoreSnapshot, takeSnapshot } from "../supabase/functions/quickjs/sandbox/snapshot.ts";
-import { resolveLimits } from "../supabase/functions/quickjs/sandbox/limits.ts";
-import type { BuildVariant } from "../supabase/functions/quickjs/sandbox/wasm.ts";
-import type { Lease } from "../supabase/functions/quickjs/store/store.ts";
+} from "../supabase/functions/_shared/quickjs/mod.ts";
 import { openTestDb, type TestDb } from "../tests/support/db.ts";
-import { Engine } from "../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
 import { createApp } from "../supabase/functions/quickjs/http/app.ts";
 
 const VARIANTS: BuildVariant[] = ["asyncify", "sync"];

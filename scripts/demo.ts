@@ -9,12 +9,9 @@
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { createApp } from "../supabase/functions/quickjs/http/app.ts";
-import { Engine } from "../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
-import { VirtualClock } from "../supabase/functions/quickjs/engine/clock.ts";
-import type { RunView } from "../supabase/functions/quickjs/store/store.ts";
+import { Engine, type RunView, ToolRegistry } from "../supabase/functions/_shared/quickjs/mod.ts";
+import { publishTasks, VirtualClock } from "../supabase/functions/_shared/quickjs/dev.ts";
 import { openStore } from "./lib/open_store.ts";
-import { publishTasks } from "./lib/task_files.ts";
 
 const EXAMPLES = fileURLToPath(new URL("../examples/tasks/", import.meta.url));
 const SERVICE_KEY = `demo-service-key-${crypto.randomUUID()}`;

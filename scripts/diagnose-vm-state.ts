@@ -17,7 +17,7 @@
  * usage.
  */
 import { parseArgs } from "node:util";
-import type { Store } from "../supabase/functions/quickjs/store/store.ts";
+import type { Store } from "../supabase/functions/_shared/quickjs/mod.ts";
 import { defaultDb, openStore } from "./lib/open_store.ts";
 import {
   inspectRun,

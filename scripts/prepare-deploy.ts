@@ -1,7 +1,7 @@
 #!/usr/bin/env -S deno run -A
 /**
  * Before `supabase functions deploy quickjs`: copies the QuickJS wasm of the pinned npm
- * package next to the sandbox (supabase/functions/quickjs/sandbox/wasm/), where
+ * package next to the sandbox (supabase/functions/_shared/quickjs/sandbox/wasm/), where
  * config.toml's static_files puts it into the function's bundle. The edge runtime does not
  * ship an npm package's .wasm on its own. The copies are not committed (.gitignore).
  *
@@ -12,7 +12,7 @@ import {
   BUILD_VARIANT,
   getBuild,
   VENDORED_WASM_DIR,
-} from "../supabase/functions/quickjs/sandbox/wasm.ts";
+} from "../supabase/functions/_shared/quickjs/mod.ts";
 
 async function main(): Promise<number> {
   const { values } = parseArgs({

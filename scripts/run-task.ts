@@ -15,14 +15,22 @@
  */
 import { parseArgs } from "node:util";
 import { dirname } from "node:path";
-import { Engine, type InvocationResult } from "../supabase/functions/quickjs/engine/run_loop.ts";
-import { type CustomTool, ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
-import { type Clock, VirtualClock } from "../supabase/functions/quickjs/engine/clock.ts";
-import { isFinal } from "../supabase/functions/quickjs/engine/states.ts";
-import type { Store } from "../supabase/functions/quickjs/store/store.ts";
-import type { Json } from "../supabase/functions/quickjs/sandbox/vm.ts";
+import {
+  type Clock,
+  type CustomTool,
+  Engine,
+  type InvocationResult,
+  isFinal,
+  type Json,
+  type Store,
+  ToolRegistry,
+} from "../supabase/functions/_shared/quickjs/mod.ts";
+import {
+  publishTasks,
+  readTaskFile,
+  VirtualClock,
+} from "../supabase/functions/_shared/quickjs/dev.ts";
 import { openStore } from "./lib/open_store.ts";
-import { publishTasks, readTaskFile } from "./lib/task_files.ts";
 import { loadToolsModule } from "./lib/tools_module.ts";
 
 const USAGE =

@@ -25,9 +25,13 @@
  */
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
-import { Engine, type InvocationResult } from "../supabase/functions/quickjs/engine/run_loop.ts";
-import { type CustomTool, ToolRegistry } from "../supabase/functions/quickjs/engine/tools.ts";
-import { httpOptionsFromEnv } from "../supabase/functions/quickjs/engine/http_tool.ts";
+import {
+  type CustomTool,
+  Engine,
+  httpOptionsFromEnv,
+  type InvocationResult,
+  ToolRegistry,
+} from "../supabase/functions/_shared/quickjs/mod.ts";
 import { openStore } from "./lib/open_store.ts";
 import { WorkerLoop } from "./lib/worker_loop.ts";
 import { millis } from "./lib/format.ts";

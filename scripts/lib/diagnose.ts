@@ -3,20 +3,18 @@
  * header and logs; a dry-run restore of its snapshot in this process; the stuck runs (and
  * their repair); the largest snapshots. Reads only, except repairStuckRuns.
  */
-import type {
-  CallRecord,
-  RepairResult,
-  RunView,
-  SnapshotList,
-  Store,
-} from "../../supabase/functions/quickjs/store/store.ts";
 import {
+  type CallRecord,
   incompatibility,
   readSnapshot,
+  type RepairResult,
   restoreSnapshot,
+  type RunView,
+  SandboxError,
   type SnapshotHeader,
-} from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
-import { SandboxError } from "../../supabase/functions/quickjs/sandbox/errors.ts";
+  type SnapshotList,
+  type Store,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { shorten } from "./format.ts";
 
 /** Values (input, result, call arguments and outcomes) are shown as JSON text cut to this. */

@@ -4,14 +4,13 @@
  * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations.
  */
 import postgres from "postgres";
+import { postgresDriver, Store } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import {
   migrate,
+  pgliteDriver,
   pgliteExecutor,
   postgresExecutor,
-} from "../../supabase/functions/quickjs/store/migrate.ts";
-import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
-import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
-import { Store } from "../../supabase/functions/quickjs/store/store.ts";
+} from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 export function defaultDb(): string {
   return Deno.env.get("DATABASE_URL") ?? Deno.env.get("SUPABASE_DB_URL") ?? "pglite";

@@ -3,8 +3,13 @@
  * checked first (JSDoc tags, limits, task names), and nothing is published while one of
  * them is wrong. Used by scripts/publish.ts.
  */
-import type { PublishedTask, Store } from "../../supabase/functions/quickjs/store/store.ts";
-import { publishTasks, readTaskFile, type TaskFile, taskPaths } from "./task_files.ts";
+import type { PublishedTask, Store } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import {
+  publishTasks,
+  readTaskFile,
+  type TaskFile,
+  taskPaths,
+} from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 /** What quickjs.tasks accepts as a name (constraint tasks_name_format). */
 const TASK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;

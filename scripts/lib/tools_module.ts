@@ -4,7 +4,7 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import type { CustomTool } from "../../supabase/functions/quickjs/engine/tools.ts";
+import type { CustomTool } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 export async function loadToolsModule(module?: string): Promise<Record<string, CustomTool>> {
   if (!module) return {};

@@ -6,8 +6,12 @@
  * stop() stops claiming, makes running invocations hand their runs over at their next idle
  * point, and resolves when they have.
  */
-import type { Engine, InvocationResult } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import type { ClaimedRun, Store } from "../../supabase/functions/quickjs/store/store.ts";
+import type {
+  ClaimedRun,
+  Engine,
+  InvocationResult,
+  Store,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 /** The channel quickjs.dispatch notifies when a run becomes queued. */
 export const RUNS_CHANNEL = "quickjs_runs";

@@ -16,7 +16,7 @@ import {
   repairStuckRuns,
   restoreDryRun,
 } from "../../scripts/lib/diagnose.ts";
-import { StoreError } from "../../supabase/functions/quickjs/store/store.ts";
+import { StoreError } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = testGroup("cli_diagnose");
 const SUBPROCESS = "runs the CLI as a subprocess, which cannot open the tests' in-memory PGlite";

@@ -9,9 +9,13 @@ import { join } from "node:path";
 import { retireOtherRuns, testGroup } from "../support/groups.ts";
 import { ROOT, runScript } from "../support/cli.ts";
 import type { TestDb } from "../support/db.ts";
-import { Engine, type InvocationResult } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import { type CustomTool, ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
-import type { RunView } from "../../supabase/functions/quickjs/store/store.ts";
+import {
+  type CustomTool,
+  Engine,
+  type InvocationResult,
+  type RunView,
+  ToolRegistry,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { WorkerLoop, type WorkerOptions } from "../../scripts/lib/worker_loop.ts";
 
 const { test } = testGroup("cli_worker");

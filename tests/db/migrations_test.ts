@@ -10,15 +10,19 @@ import type { TestDb } from "../support/db.ts";
 import { testGroup } from "../support/groups.ts";
 import { startRun } from "../support/runs.ts";
 import {
+  CALL_STATUS,
+  OPERATIONS,
+  RUN_STATUS,
+  type SqlType,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import {
   migrate,
+  type PgliteDriver,
   pgliteExecutor,
   postgresExecutor,
   readMigrations,
   type SqlExecutor,
-} from "../../supabase/functions/quickjs/store/migrate.ts";
-import { OPERATIONS, type SqlType } from "../../supabase/functions/quickjs/store/operations.ts";
-import type { PgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
-import { CALL_STATUS, RUN_STATUS } from "../../supabase/functions/quickjs/engine/states.ts";
+} from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 const { test } = testGroup("migrations");
 

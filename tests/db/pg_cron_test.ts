@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { findServer } from "../support/db.ts";
-import { migrate, postgresExecutor } from "../../supabase/functions/quickjs/store/migrate.ts";
+import { migrate, postgresExecutor } from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 const server = await findServer();
 let cronDatabase: string | undefined;

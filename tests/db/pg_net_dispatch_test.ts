@@ -7,8 +7,7 @@
 import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
 import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
-import { Engine } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
+import { Engine, ToolRegistry } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = dbTests("pg_net_dispatch");
 

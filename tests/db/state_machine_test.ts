@@ -18,7 +18,7 @@ import {
   startRun,
   T0,
 } from "../support/runs.ts";
-import { type ClaimedRun, Store } from "../../supabase/functions/quickjs/store/store.ts";
+import { type ClaimedRun, Store } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = testGroup("state_machine");
 

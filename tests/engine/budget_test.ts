@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
 import { harness, runTaskToEnd, runToEnd, startTask } from "../support/engine_harness.ts";
 import { callOf, deferred, invokeOnce, logsOf, never, pause } from "../support/engine_scenarios.ts";
-import type { ToolCallContext } from "../../supabase/functions/quickjs/engine/tools.ts";
+import type { ToolCallContext } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = dbTests("engine_budget");
 

@@ -6,11 +6,13 @@
 import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
 import { harness, runTaskToEnd, runToEnd, startTask } from "../support/engine_harness.ts";
-import { readSnapshot } from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+import {
+  type Json,
+  readSnapshot,
+  Store,
+  supabaseDriver,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { postgrestDouble } from "../support/postgrest.ts";
-import { supabaseDriver } from "../../supabase/functions/quickjs/store/supabase.ts";
-import { Store } from "../../supabase/functions/quickjs/store/store.ts";
 
 const { test } = dbTests("engine_durable");
 

@@ -3,7 +3,7 @@
  * ones throw a RangeError whose message tells the task author what to write instead.
  */
 import assert from "node:assert/strict";
-import { MAX_SLEEP_MS, parseDuration } from "../../supabase/functions/quickjs/engine/durations.ts";
+import { MAX_SLEEP_MS, parseDuration } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const SECOND = 1000;
 const MINUTE = 60 * SECOND;

@@ -8,13 +8,15 @@ import { dbTests } from "../support/db.ts";
 import { harness, runTaskToEnd } from "../support/engine_harness.ts";
 import { json, pause, serve } from "../support/engine_scenarios.ts";
 import {
+  type HttpToolOptions,
+  type Json,
+  ToolError,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import {
   hostAllowed,
   httpFetch,
-  type HttpToolOptions,
   isPrivateAddress,
-} from "../../supabase/functions/quickjs/engine/http_tool.ts";
-import { ToolError } from "../../supabase/functions/quickjs/engine/tool_errors.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+} from "../../supabase/functions/_shared/quickjs/engine/http_tool.ts";
 
 const PUBLIC_IP = "93.184.216.34";
 

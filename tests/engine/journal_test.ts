@@ -15,9 +15,11 @@ import {
   never,
   taskName,
 } from "../support/engine_scenarios.ts";
-import type { ToolCallContext } from "../../supabase/functions/quickjs/engine/tools.ts";
-import { Store } from "../../supabase/functions/quickjs/store/store.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+import {
+  type Json,
+  Store,
+  type ToolCallContext,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = dbTests("engine_journal");
 

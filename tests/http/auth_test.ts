@@ -2,8 +2,7 @@
 import assert from "node:assert/strict";
 import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { type AuthConfig, createApp } from "../../supabase/functions/quickjs/http/app.ts";
-import { Engine } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
+import { Engine, ToolRegistry } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { dbTests, type TestDb } from "../support/db.ts";
 
 /** A response body as JSON, read field by field in assertions. */

@@ -4,8 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
-import { Engine } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
+import { Engine, ToolRegistry } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { dbTests, type TestDb } from "../support/db.ts";
 
 const { test } = dbTests("http edge");
@@ -112,11 +111,18 @@ test("a trailing slash names the same route", async (db) => {
 
 /**
  * Runs a Deno program that may read the environment and nothing else: any database, file
- * or network access fails with NotCapable.
+ * or network access fails with NotCapable. Its environment names no database.
  */
 async function runConfined(args: string[]) {
+  const keep = ["HOME", "PATH", "DENO_DIR", "NO_COLOR"];
+  const env = Object.fromEntries(keep.flatMap((name) => {
+    const value = Deno.env.get(name);
+    return value === undefined ? [] : [[name, value]];
+  }));
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--no-prompt", "--config", CONFIG.pathname, "--allow-env", ...args],
+    clearEnv: true,
+    env,
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -146,17 +152,22 @@ test("index.ts answers OPTIONS without a database, files or the network", async 
   assert.deepEqual(JSON.parse(run.stdout), { status: 204, origin: "*" });
 });
 
-test("index.ts run as the main module serves, except inside Supabase's runtime", async () => {
-  // Supabase serves the default export itself; a second Deno.serve there fails the boot
-  const insideSupabase = await withTempFile(
-    "globalThis.EdgeRuntime = { waitUntil() {} };",
-    (preload) => runConfined(["--preload", preload, INDEX.pathname]),
-  );
-  assert.equal(insideSupabase.code, 0, insideSupabase.stderr);
-  // elsewhere it calls Deno.serve, which this confined process may not do
-  const elsewhere = await runConfined([INDEX.pathname]);
-  assert.notEqual(elsewhere.code, 0);
-  assert.match(elsewhere.stderr, /NotCapable|net access/);
+test("index.ts run as the main module never serves: Supabase serves its default export", async () => {
+  // a second Deno.serve inside Supabase's runtime fails the boot; `deno task serve` serves locally
+  const run = await runConfined([INDEX.pathname]);
+  assert.equal(run.code, 0, run.stderr);
+});
+
+test("index.ts without a database answers 500 NOT_CONFIGURED, naming what to set", async () => {
+  const script = `import app from ${JSON.stringify(INDEX.href)};
+    const response = await app.fetch(new Request("http://localhost/quickjs/runs/x"));
+    console.log(JSON.stringify({ status: response.status, body: await response.json() }));`;
+  const run = await withTempFile(script, (path) => runConfined([path]));
+  assert.equal(run.code, 0, run.stderr);
+  const { status, body } = JSON.parse(run.stdout);
+  assert.equal(status, 500);
+  assert.equal(body.error.code, "NOT_CONFIGURED");
+  assert.match(body.error.message, /SUPABASE_DB_URL/);
 });
 
 test("index.ts builds the app from the environment on the first other request", async (db) => {
@@ -170,8 +181,9 @@ test("index.ts builds the app from the environment on the first other request", 
   const saved = new Map(names.map((name) => [name, Deno.env.get(name)]));
   try {
     for (const name of names) Deno.env.delete(name);
-    // on a server: this file's database; with PGlite tests: the in-memory dev fallback
-    if (db.url) Deno.env.set("SUPABASE_DB_URL", db.url);
+    // PGlite is not a server index.ts can reach: the test needs one
+    if (!db.url) return;
+    Deno.env.set("SUPABASE_DB_URL", db.url);
     Deno.env.set("SUPABASE_SERVICE_ROLE_KEY", SERVICE_KEY);
     const { default: entry } = await import(INDEX.href);
     const id = crypto.randomUUID();

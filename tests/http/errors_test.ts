@@ -1,7 +1,7 @@
 /** errorResponse: the one place that turns an error into an HTTP answer. */
 import assert from "node:assert/strict";
 import { errorResponse, HttpError } from "../../supabase/functions/quickjs/http/errors.ts";
-import { StoreError } from "../../supabase/functions/quickjs/store/store.ts";
+import { StoreError } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 async function mapped(e: unknown) {
   const response = errorResponse(e);

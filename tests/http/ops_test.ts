@@ -5,9 +5,8 @@
 import assert from "node:assert/strict";
 import { SignJWT } from "jose";
 import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
-import { Engine } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import { ToolRegistry } from "../../supabase/functions/quickjs/engine/tools.ts";
-import { FakeClock } from "../../supabase/functions/quickjs/engine/clock.ts";
+import { Engine, ToolRegistry } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { FakeClock } from "../../supabase/functions/_shared/quickjs/dev.ts";
 import { dbTests, type TestDb } from "../support/db.ts";
 
 /** A response body as JSON, read field by field in assertions. */

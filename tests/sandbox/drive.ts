@@ -5,19 +5,17 @@
  */
 import assert from "node:assert/strict";
 import {
+  type BuildVariant,
   type CallOutcome,
   type HostCall,
   type Json,
   type LogEntry,
+  resolveLimits,
+  type SandboxLimits,
   type TaskContext,
   TaskVm,
   type VmState,
-} from "../../supabase/functions/quickjs/sandbox/vm.ts";
-import {
-  resolveLimits,
-  type SandboxLimits,
-} from "../../supabase/functions/quickjs/sandbox/limits.ts";
-import type { BuildVariant } from "../../supabase/functions/quickjs/sandbox/wasm.ts";
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 /** How the scripted host answers a call; undefined leaves it parked. */
 export type Host = (call: HostCall) => CallOutcome | undefined;

@@ -5,9 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { drive, type Driven, errorOf, fixture, newVm, ok, resultOf } from "./drive.ts";
-import type { SandboxLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
-import { getBuild } from "../../supabase/functions/quickjs/sandbox/wasm.ts";
+import {
+  getBuild,
+  type Json,
+  type SandboxLimits,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -4,12 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { getBootImage, TaskVm } from "../../supabase/functions/quickjs/sandbox/vm.ts";
-import { DEFAULT_LIMITS } from "../../supabase/functions/quickjs/sandbox/limits.ts";
 import {
-  readBuildBytes,
+  DEFAULT_LIMITS,
+  getBootImage,
+  TaskVm,
   VENDORED_WASM_DIR,
-} from "../../supabase/functions/quickjs/sandbox/wasm.ts";
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { readBuildBytes } from "../../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
 import { drive, newVm, resultOf } from "./drive.ts";
 
 for (const variant of ["asyncify", "sync"] as const) {

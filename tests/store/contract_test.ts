@@ -21,15 +21,15 @@ import {
   TASK_CODE,
   uniqueName,
 } from "../support/runs.ts";
-import { Store } from "../../supabase/functions/quickjs/store/store.ts";
-import { supabaseDriver } from "../../supabase/functions/quickjs/store/supabase.ts";
-import { OPERATIONS } from "../../supabase/functions/quickjs/store/operations.ts";
-import { TaskVm } from "../../supabase/functions/quickjs/sandbox/vm.ts";
-import { resolveLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
 import {
+  OPERATIONS,
+  resolveLimits,
   restoreSnapshot,
+  Store,
+  supabaseDriver,
   takeSnapshot,
-} from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
+  TaskVm,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const SERVICE_ROLE_KEY = "service-role-key-for-tests";
 let postgrest: PostgrestDouble | undefined;

@@ -7,13 +7,16 @@
 import postgres from "postgres";
 import { PGlite } from "@electric-sql/pglite";
 import {
+  postgresDriver,
+  type SqlDriver,
+  Store,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import {
   migrate,
+  pgliteDriver,
   pgliteExecutor,
   postgresExecutor,
-} from "../../supabase/functions/quickjs/store/migrate.ts";
-import { postgresDriver } from "../../supabase/functions/quickjs/store/postgres.ts";
-import { pgliteDriver } from "../../supabase/functions/quickjs/store/pglite.ts";
-import { type SqlDriver, Store } from "../../supabase/functions/quickjs/store/store.ts";
+} from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 export interface TestDb {
   /** "postgres" (a server) or "pglite". */

@@ -3,20 +3,19 @@
  * run, and invoke until it ends, moving a virtual clock to each wake-up instead of waiting.
  */
 import {
+  type CustomTool,
   Engine,
   type EngineConfig,
   type EngineEvent,
   type InvocationResult,
-} from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import {
-  type CustomTool,
+  isFinal,
+  type Json,
+  type RunView,
+  type Store,
   ToolRegistry,
   type ToolsOptions,
-} from "../../supabase/functions/quickjs/engine/tools.ts";
-import { VirtualClock } from "../../supabase/functions/quickjs/engine/clock.ts";
-import { isFinal } from "../../supabase/functions/quickjs/engine/states.ts";
-import type { RunView, Store } from "../../supabase/functions/quickjs/store/store.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { VirtualClock } from "../../supabase/functions/_shared/quickjs/dev.ts";
 
 export interface Harness {
   store: Store;

@@ -5,9 +5,12 @@
  */
 import assert from "node:assert/strict";
 import type { Harness } from "./engine_harness.ts";
-import type { InvocationResult } from "../../supabase/functions/quickjs/engine/run_loop.ts";
-import type { CallRecord, RunView } from "../../supabase/functions/quickjs/store/store.ts";
-import type { Json } from "../../supabase/functions/quickjs/sandbox/vm.ts";
+import type {
+  CallRecord,
+  InvocationResult,
+  Json,
+  RunView,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 /** A promise with its resolve function outside. */
 export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {

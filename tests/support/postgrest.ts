@@ -4,8 +4,7 @@
  * by Content-Profile) against a real database, with PostgREST's status codes and error
  * bodies ({ code, message, details, hint }).
  */
-import { OPERATIONS } from "../../supabase/functions/quickjs/store/operations.ts";
-import type { SqlDriver } from "../../supabase/functions/quickjs/store/store.ts";
+import { OPERATIONS, type SqlDriver } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 /** Functions declared `returns void`: PostgREST answers them with 204 No Content. */
 const VOID_FUNCTIONS = new Set(["kv_set", "append_run_logs"]);

@@ -5,12 +5,12 @@
 import assert from "node:assert/strict";
 import {
   type ClaimedRun,
+  DEFAULT_LIMITS,
   type Lease,
+  type SnapshotHeader,
   type Store,
   StoreError,
-} from "../../supabase/functions/quickjs/store/store.ts";
-import type { SnapshotHeader } from "../../supabase/functions/quickjs/sandbox/snapshot.ts";
-import { DEFAULT_LIMITS } from "../../supabase/functions/quickjs/sandbox/limits.ts";
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 /** The tests' "now": far from the real clock, so only p_now decides what is due. */
 export const T0 = new Date("2031-05-01T12:00:00.000Z");

@@ -2,8 +2,7 @@
  * The HTTP API of the `quickjs` edge function as one request handler: CORS, routing,
  * authentication, then the route's handler; every error becomes JSON in one place.
  */
-import type { Engine } from "../engine/run_loop.ts";
-import type { Store } from "../store/store.ts";
+import type { Engine, Store } from "../../_shared/quickjs/mod.ts";
 import { type AuthConfig, createAuthenticator } from "./auth.ts";
 import { errorResponse, HttpError } from "./errors.ts";
 import {

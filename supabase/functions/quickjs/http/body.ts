@@ -1,6 +1,6 @@
 /** Reads a JSON request body under a size limit that also holds for chunked bodies. */
 import { HttpError } from "./errors.ts";
-import { readCapped } from "../engine/http_tool.ts";
+import { readCapped } from "../../_shared/quickjs/mod.ts";
 
 /** The parsed body, or undefined when there is none (empty or only whitespace). */
 export async function readJsonBody(request: Request, maxBytes: number): Promise<unknown> {

@@ -2,7 +2,7 @@
  * HTTP errors: one error class with a stable code, and the one function that turns any
  * error into a JSON response `{ "error": { "code", "message" } }`.
  */
-import { StoreError } from "../store/store.ts";
+import { StoreError } from "../../_shared/quickjs/mod.ts";
 
 export class HttpError extends Error {
   override name = "HttpError";

@@ -2,9 +2,7 @@
  * What each route does: start, read, cancel and resume runs, and the cron tick. Each
  * handler parses its input with the schemas, calls the store or the engine, and answers.
  */
-import type { Engine } from "../engine/run_loop.ts";
-import { isFinal } from "../engine/states.ts";
-import type { RunView, Store } from "../store/store.ts";
+import { type Engine, isFinal, type RunView, type Store } from "../../_shared/quickjs/mod.ts";
 import { type Caller, requireService } from "./auth.ts";
 import { readJsonBody } from "./body.ts";
 import { HttpError } from "./errors.ts";

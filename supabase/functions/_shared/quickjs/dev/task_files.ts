@@ -4,8 +4,8 @@
  * `@tools a, b` set the sandbox limits and the services the task may call.
  */
 import { basename, extname, join } from "node:path";
-import type { PublishedTask, Store } from "../../supabase/functions/quickjs/store/store.ts";
-import { LIMIT_BOUNDS, resolveLimits } from "../../supabase/functions/quickjs/sandbox/limits.ts";
+import type { PublishedTask, Store } from "../store/store.ts";
+import { LIMIT_BOUNDS, resolveLimits } from "../sandbox/limits.ts";
 
 export interface TaskFile {
   path: string;

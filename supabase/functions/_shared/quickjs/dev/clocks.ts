@@ -1,27 +1,5 @@
-/** Time as the engine sees it: the wall clock, or a fake one tests move by hand. */
-
-export interface Clock {
-  now(): Date;
-  /** Resolves after `ms` of this clock's time, or rejects when the signal aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-}
-
-export const systemClock: Clock = {
-  now: () => new Date(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(signal.reason);
-      const timer = setTimeout(() => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      }, Math.max(0, ms));
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(signal!.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-    }),
-};
+/** Clocks for tests and local runs: one moved by hand, one that jumps to the next wake-up. */
+import { type Clock, systemClock } from "../engine/clock.ts";
 
 /** A clock that only moves when told to; sleeps resolve as it passes their deadline. */
 export class FakeClock implements Clock {

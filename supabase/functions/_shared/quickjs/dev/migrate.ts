@@ -6,7 +6,7 @@
  * never migrates.
  */
 
-export const MIGRATIONS_DIR = new URL("../../../migrations/", import.meta.url);
+export const MIGRATIONS_DIR = new URL("../../../../migrations/", import.meta.url);
 
 /** Runs SQL text (several statements) or a query with parameters. */
 export interface SqlExecutor {

@@ -4,8 +4,8 @@
  * server. One connection; PGlite runs one query at a time.
  */
 import { PGlite } from "@electric-sql/pglite";
-import { type Operation, type OperationArgs, sqlCall } from "./operations.ts";
-import type { SqlDriver } from "./store.ts";
+import { type Operation, type OperationArgs, sqlCall } from "../store/operations.ts";
+import type { SqlDriver } from "../store/store.ts";
 
 export interface PgliteDriver extends SqlDriver {
   readonly db: PGlite;

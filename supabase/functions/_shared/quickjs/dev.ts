@@ -1,0 +1,17 @@
+/**
+ * What only local use needs: the embedded PGlite database, the migration runner, clocks that
+ * tests and local runs move, and the task-file loader. The CLIs, the demo and the tests
+ * import it beside mod.ts; the deployed function never does (tests/deploy/graph_test.ts).
+ */
+export { type PgliteDriver, pgliteDriver } from "./dev/pglite.ts";
+export {
+  migrate,
+  type Migration,
+  MIGRATIONS_DIR,
+  pgliteExecutor,
+  postgresExecutor,
+  readMigrations,
+  type SqlExecutor,
+} from "./dev/migrate.ts";
+export { FakeClock, VirtualClock } from "./dev/clocks.ts";
+export { publishTasks, readTaskFile, type TaskFile, taskPaths } from "./dev/task_files.ts";

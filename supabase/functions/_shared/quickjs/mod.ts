@@ -1,0 +1,83 @@
+/**
+ * The quickjs library: durable, sandboxed JavaScript tasks over Postgres. This is its one
+ * public entry; the edge function, the CLIs, the benchmarks and the tests import from here
+ * (dev.ts adds what only local use needs). Nothing here imports PGlite or reads files
+ * outside supabase/functions/, so a deploy bundles only what runs.
+ */
+
+// the run loop and its configuration
+export {
+  type Budget,
+  DEFAULT_BUDGET,
+  Engine,
+  type EngineConfig,
+  type EngineEvent,
+  type InvocationResult,
+  type InvocationSignals,
+} from "./engine/run_loop.ts";
+export { type Clock, systemClock } from "./engine/clock.ts";
+export {
+  CALL_STATUS,
+  type CallStatus,
+  isFinal,
+  RUN_STATUS,
+  type RunStatus,
+} from "./engine/states.ts";
+export { MAX_SLEEP_MS, parseDuration } from "./engine/durations.ts";
+
+// tools
+export {
+  type CustomTool,
+  type ToolCallContext,
+  ToolRegistry,
+  type ToolsOptions,
+} from "./engine/tools.ts";
+export { httpOptionsFromEnv, type HttpToolOptions, readCapped } from "./engine/http_tool.ts";
+export { type CallError, ToolError } from "./engine/tool_errors.ts";
+
+// the store and its deployable drivers
+export {
+  type CallRecord,
+  type ClaimedRun,
+  type Lease,
+  type LogLine,
+  type PublishedTask,
+  type RepairResult,
+  type RunView,
+  type SnapshotList,
+  type SqlDriver,
+  Store,
+  StoreError,
+  type WaitingOn,
+} from "./store/store.ts";
+export { OPERATIONS, type SqlType } from "./store/operations.ts";
+export { postgresDriver } from "./store/postgres.ts";
+export { supabaseDriver } from "./store/supabase.ts";
+
+// the sandbox and its snapshots
+export {
+  type CallOutcome,
+  getBootImage,
+  type HostCall,
+  type Json,
+  type LogEntry,
+  type TaskContext,
+  TaskVm,
+  type VmState,
+} from "./sandbox/vm.ts";
+export {
+  DEFAULT_LIMITS,
+  LIMIT_BOUNDS,
+  resolveLimits,
+  type SandboxLimits,
+} from "./sandbox/limits.ts";
+export {
+  incompatibility,
+  readSnapshot,
+  restoreSnapshot,
+  type Snapshot,
+  type SnapshotHeader,
+  takeSnapshot,
+} from "./sandbox/snapshot.ts";
+export { type RunError, SandboxError } from "./sandbox/errors.ts";
+export { BUILD_VARIANT, type BuildVariant, getBuild, VENDORED_WASM_DIR } from "./sandbox/wasm.ts";

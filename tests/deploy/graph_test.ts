@@ -1,0 +1,52 @@
+/**
+ * What `supabase functions deploy quickjs` bundles is the module graph of the function's
+ * entry: it must hold nothing outside supabase/functions/, no PGlite, no examples and no
+ * dev-only module (the library's dev.ts and dev/ folder).
+ */
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+
+const ROOT = new URL("../../", import.meta.url);
+const ENTRY = new URL("supabase/functions/quickjs/index.ts", ROOT);
+const FUNCTIONS = new URL("supabase/functions/", ROOT).href;
+const DEV = [
+  new URL("supabase/functions/_shared/quickjs/dev.ts", ROOT).href,
+  new URL("supabase/functions/_shared/quickjs/dev/", ROOT).href,
+];
+
+interface GraphModule {
+  specifier: string;
+  size?: number;
+  dependencies?: { code?: { specifier?: string }; type?: { specifier?: string } }[];
+}
+
+async function deployedGraph(): Promise<GraphModule[]> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["info", "--json", "--frozen", fileURLToPath(ENTRY)],
+    cwd: fileURLToPath(ROOT),
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  return JSON.parse(new TextDecoder().decode(output.stdout)).modules;
+}
+
+Deno.test("the deployed entry's graph holds only supabase/functions/, no PGlite and no dev module", async () => {
+  const modules = await deployedGraph();
+  const local = modules.filter((m) => m.specifier.startsWith("file:"));
+  assert.ok(local.length > 10, "the graph was read");
+  for (const m of local) {
+    assert.ok(m.specifier.startsWith(FUNCTIONS), `outside supabase/functions/: ${m.specifier}`);
+    for (const dev of DEV) assert.ok(!m.specifier.startsWith(dev), `dev-only: ${m.specifier}`);
+  }
+  const npm = new Set(
+    modules.flatMap((m) =>
+      (m.dependencies ?? []).flatMap((d) => [d.code?.specifier, d.type?.specifier])
+    ).filter((s): s is string => s?.startsWith("npm:") ?? false),
+  );
+  for (const specifier of npm) {
+    assert.ok(!/pglite/i.test(specifier), `PGlite in the deployed graph: ${specifier}`);
+  }
+  assert.ok([...npm].some((s) => s.startsWith("npm:quickjs-emscripten")), "the sandbox is there");
+});
