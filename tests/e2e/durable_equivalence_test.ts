@@ -81,3 +81,10 @@ test("errors keep their names, codes, causes and finally blocks across durable a
     ["fulfilled", "rejected", "fulfilled"],
   ]);
 });
+
+test("--durable-all makes every await of a host call cross a snapshot, due sleeps included", async (db) => {
+  const { plain, durable } = await compareModes(db, "forty_awaits.js", null, false);
+  assert.deepEqual(plain.result, { steps: 40 });
+  // one suspension per await: none is delivered in the process that made the call
+  assert.equal(durable.suspensions, 40);
+});

@@ -190,3 +190,47 @@ test("the yield signal makes a running invocation suspend and hand the run over"
   assert.equal(h.invocations[1]!.restored, true);
   assert.equal(h.clock.offsetMs, 0);
 });
+
+/** A signal that counts the listeners added to it and not removed yet. */
+function countingSignal(): { signal: AbortSignal; active: () => number } {
+  const signal = new AbortController().signal;
+  const listeners = new Set<unknown>();
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (type: string, listener: unknown, options?: unknown) => {
+    listeners.add(listener);
+    add(type, listener as EventListener, options as AddEventListenerOptions);
+  };
+  signal.removeEventListener = (type: string, listener: unknown, options?: unknown) => {
+    listeners.delete(listener);
+    remove(type, listener as EventListener, options as EventListenerOptions);
+  };
+  return { signal, active: () => listeners.size };
+}
+
+test("worker-wide signals keep no listener of an ended invocation (the leak that slowed long-lived workers)", async (db) => {
+  const h = harness(db.store, { custom: { step: () => 1 } });
+  const handOver = countingSignal();
+  const crash = countingSignal();
+  const ids: string[] = [];
+  for (let i = 0; i < 5; i++) {
+    ids.push(
+      await startTask(
+        h,
+        `export default async function () {
+          let n = 0;
+          for (let i = 0; i < 10; i++) { n += await tools.step.go(); await sleep(1); }
+          return n;
+        }`,
+      ),
+    );
+  }
+  for (const id of ids) {
+    for (;;) {
+      const result = await invokeOnce(h, id, { yield: handOver.signal, abort: crash.signal });
+      if (result.status === "completed") break;
+    }
+  }
+  assert.equal(handOver.active(), 0, "listeners left on the yield signal");
+  assert.equal(crash.active(), 0, "listeners left on the abort signal");
+});

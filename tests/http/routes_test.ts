@@ -282,3 +282,15 @@ test("the default background runner hands the execution to EdgeRuntime.waitUntil
     delete global.EdgeRuntime;
   }
 });
+
+test("POST /runs with U+0000 or a lone surrogate in the input is 422 VALUE_NOT_STORABLE, not 500", async (db) => {
+  const { app } = harness(db);
+  await db.store.publishTask({ name: "unstorable_input", code: "export default (x) => x" });
+  for (const input of ["a\u0000b", "x\ud800y", { ["k\u0000"]: 1 }]) {
+    const res = await send(app, "POST", "/quickjs/runs", {
+      body: { task: "unstorable_input", input },
+    });
+    assert.equal(res.status, 422, JSON.stringify(input));
+    assert.equal((res.body as { error: { code: string } }).error.code, "VALUE_NOT_STORABLE");
+  }
+});

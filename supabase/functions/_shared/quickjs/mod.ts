@@ -34,6 +34,7 @@ export {
 } from "./engine/tools.ts";
 export { httpOptionsFromEnv, type HttpToolOptions, readCapped } from "./engine/http_tool.ts";
 export { type CallError, ToolError } from "./engine/tool_errors.ts";
+export { isDataError, storable } from "./engine/storable.ts";
 
 // the store and its deployable drivers
 export {

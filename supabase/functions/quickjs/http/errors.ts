@@ -2,7 +2,7 @@
  * HTTP errors: one error class with a stable code, and the one function that turns any
  * error into a JSON response `{ "error": { "code", "message" } }`.
  */
-import { StoreError } from "../../_shared/quickjs/mod.ts";
+import { isDataError, StoreError } from "../../_shared/quickjs/mod.ts";
 
 export class HttpError extends Error {
   override name = "HttpError";
@@ -33,6 +33,12 @@ export function errorResponse(e: unknown): Response {
 
 function toHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
+  if (e instanceof StoreError && isDataError(e)) {
+    // the request held a value Postgres cannot store (U+0000, a lone surrogate, …)
+    return new HttpError(422, "VALUE_NOT_STORABLE", `the database refused a value: ${e.message}`, {
+      cause: e,
+    });
+  }
   if (e instanceof StoreError && e.status >= 400 && e.status < 500) {
     // QJ400 means the database refused the request's content: the body was unprocessable
     return new HttpError(e.status === 400 ? 422 : e.status, e.code, e.message, { cause: e });

@@ -28,6 +28,7 @@ import {
   type ToolRegistry,
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
+import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 
 /** How much one invocation may spend before it suspends and lets a new one continue. */
@@ -164,23 +165,34 @@ class LeaseLost extends Error {
   override name = "LeaseLost";
 }
 
-/** An outcome to hand to the task; `secret`: the task may use it, logs must not show it. */
-type Delivery = { outcome: CallOutcome; secret: boolean };
-
-/** An in-process call's outcome; `at` (ms on the engine's clock) orders deliveries. */
-type Settled = { seq: number; outcome: CallOutcome; secret: boolean; at: number };
-
-/** What a parked call waits for while nothing in this process works on it. */
-type DurableWait =
-  | { kind: "child"; childRunId: string }
-  | { kind: "now" }; // a checkpoint, or a call deferred to the next invocation
-
 /**
- * A sleep this invocation knows of. `hold`: the invocation waits for it (a short sleep);
- * otherwise it is delivered only if it comes due while the invocation runs anyway, and
- * a suspension wakes at it.
+ * How one host call waits, from when the task makes it (or a restore finds it parked) until
+ * its outcome is delivered to the task; then it leaves the call table.
  */
-type Timer = { wakeAt: Date; hold: boolean };
+type Wait =
+  /** Executing in this process. */
+  | { kind: "running" }
+  /** A sleep, due at `wakeAt` (ms on the engine's clock); `hold`: this invocation waits for it. */
+  | { kind: "timer"; wakeAt: number; hold: boolean }
+  /** A child run; SQL settles the call when the child ends. */
+  | { kind: "child"; childRunId: string }
+  /** Continues in the next invocation: a checkpoint, a call deferred past the budget. */
+  | { kind: "next" }
+  /**
+   * Known and waiting to be delivered; `at` (ms) orders deliveries as timers and calls
+   * settle; `journaled`: the journal has it already. `secret`: the task may use it, logs
+   * must not show it.
+   */
+  | { kind: "ready"; outcome: CallOutcome; secret: boolean; at: number; journaled: boolean };
+
+/** One call the task waits on. `fresh`: made in this invocation (not found parked). */
+interface CallEntry {
+  seq: number;
+  wait: Wait;
+  fresh: boolean;
+}
+
+type Known = { outcome: CallOutcome; secret: boolean };
 
 const LOG_FLUSH_LINES = 200;
 
@@ -191,22 +203,17 @@ class Invocation {
   readonly #limits: SandboxLimits;
   #badLimits: string | undefined;
   readonly #abort = new AbortController();
+  readonly #yield: AbortSignal | undefined;
+  readonly #signals: InvocationSignals;
   readonly #started = performance.now();
   #vm: TaskVm | undefined;
-  #journal = new Map<number, CallRecord>();
-  /** Calls executing in this process. */
-  #inflight = new Set<number>();
-  /** In-process calls that settled and wait to be delivered, earliest first. */
-  #ready: Settled[] = [];
-  /** Sleeps by seq; delivered in deadline order as they come due, like timers. */
-  #timers = new Map<number, Timer>();
-  #onSettled: (() => void) | undefined;
-  #durable = new Map<number, DurableWait>();
+  /** The call table: every call the task waits on, by id. */
+  readonly #calls = new Map<number, CallEntry>();
+  /** Ends the loop's current wait: a call running here settled, or a signal fired. */
+  #wake: ((why: "settled" | "budget" | "lost") => void) | undefined;
   #logs: LogLine[] = [];
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
-
-  readonly #yield: AbortSignal | undefined;
 
   constructor(engine: Engine, run: ClaimedRun, signals: InvocationSignals) {
     this.#engine = engine;
@@ -219,11 +226,17 @@ class Invocation {
       this.#limits = resolveLimits({});
       this.#badLimits = (e as Error).message;
     }
-    for (const call of run.calls) this.#journal.set(call.seq, call);
-    const abort = signals.abort;
-    abort?.addEventListener("abort", () => this.#abort.abort(abort.reason), { once: true });
+    this.#signals = signals;
     this.#yield = signals.yield;
+    signals.abort?.addEventListener("abort", this.#onAbort, { once: true });
+    signals.yield?.addEventListener("abort", this.#onYield, { once: true });
+    this.#abort.signal.addEventListener("abort", () => this.#wake?.("lost"), { once: true });
   }
+
+  // Worker-wide signals outlive every invocation: their listeners are removed in run()'s
+  // finally, or each run would leave one behind (a leak that slowed long-lived workers).
+  readonly #onAbort = () => this.#abort.abort(this.#signals.abort?.reason);
+  readonly #onYield = () => this.#wake?.("budget");
 
   get #store(): Store {
     return this.#engine.store;
@@ -236,6 +249,7 @@ class Invocation {
   /** The task's Date.now(): the engine's clock, in which its sleeps are measured. */
   readonly #taskClock = () => this.#engine.clock.now().getTime();
 
+  /** claim (done by the caller) → restore or boot → run → park → snapshot → suspend. */
   async run(): Promise<InvocationResult> {
     this.#startHeartbeat();
     try {
@@ -246,17 +260,22 @@ class Invocation {
         this.#engine.onEvent({ type: "lost", runId: this.#run.id, reason: (e as Error).message });
         return this.#result("lost");
       }
+      // The database refused a value (a data error, not an outage): the run cannot go on,
+      // and retrying would fail the same way. It fails with a code, never left "running".
+      if (e instanceof StoreError && isDataError(e)) return await this.#failOnDataError(e);
       // The engine itself failed (database unreachable, a bug): leave the run to the lease
       // expiry, which hands it to another worker from its last snapshot.
       throw e;
     } finally {
       clearInterval(this.#heartbeat);
+      this.#signals.abort?.removeEventListener("abort", this.#onAbort);
+      this.#signals.yield?.removeEventListener("abort", this.#onYield);
       this.#abort.abort(new LeaseLost("invocation ended"));
       if (this.#vm && !this.#vm.disposed) this.#vm.dispose();
     }
   }
 
-  // ---- opening the VM -------------------------------------------------------------------
+  // ---- restore or boot --------------------------------------------------------------------
 
   async #open(): Promise<VmState> {
     const run = this.#run;
@@ -282,7 +301,9 @@ class Invocation {
         ms: performance.now() - t0,
       });
       this.#system(`restored the VM (attempt ${run.attempts})`);
-      return await this.#resumeParked(run.snapshotHeader?.parkedCalls ?? []);
+      // the restore checked that the VM is parked on exactly the calls its verified header lists
+      const state = this.#vm.state();
+      return await this.#resumeParked(state.kind === "parked" ? state.calls : []);
     }
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
@@ -301,51 +322,67 @@ class Invocation {
   }
 
   /**
-   * After a restore: deliver what arrived while the run slept (sleeps in deadline order,
-   * other calls in the order they completed), re-run calls that were cut off, and keep
-   * waiting for the rest.
+   * After a restore: fills the call table from the parked calls and their journal entries,
+   * then delivers what arrived while the run slept (sleeps by deadline, other calls in the
+   * order they completed). Calls cut off by the last suspension run again.
    */
   async #resumeParked(parked: number[]): Promise<VmState> {
     const now = this.#now;
-    const ready: ({ seq: number; at: number } & Delivery)[] = [];
+    const journal = new Map(this.#run.calls.map((call) => [call.seq, call]));
     for (const seq of parked) {
-      const call = this.#journal.get(seq);
+      const call = journal.get(seq);
       if (!call) throw new Error(`the journal has no entry for parked call ${seq}`);
-      const settled = call.status === "succeeded" || call.status === "failed";
-      if (settled && !isSecretMarker(call.result)) {
-        const at = call.service === "sleep" && call.wakeAt ? call.wakeAt : call.completedAt!;
-        ready.push({ seq, at: Date.parse(at), outcome: outcomeOf(call), secret: false });
-      } else if (call.service === "sleep" || call.service === "checkpoint") {
-        const wakeAt = call.wakeAt ? new Date(call.wakeAt) : now;
-        if (wakeAt <= now) {
-          await this.#settleInJournal(seq, { ok: true }, false);
-          ready.push({ seq, at: wakeAt.getTime(), outcome: { ok: true }, secret: false });
-        } else {
-          this.#timers.set(seq, { wakeAt, hold: false });
-        }
-      } else if (call.childRunId) {
-        this.#durable.set(seq, { kind: "child", childRunId: call.childRunId });
-      } else {
-        // an external call cut off by the last suspension, deferred to this invocation, or a
-        // secret read (the journal keeps only a marker): run it now
-        const again: HostCall = {
-          id: seq,
-          service: call.service,
-          path: call.path,
-          args: call.args,
-        };
-        const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
-        const known = await this.#start(again, plan, { forceInline: true });
-        if (known) ready.push({ seq, at: now.getTime(), ...known });
-      }
+      const wait = await this.#waitOfParked(call, now);
+      this.#calls.set(seq, { seq, wait, fresh: false });
     }
-    ready.sort((a, b) => a.at - b.at || a.seq - b.seq);
     let state = this.#vm!.state();
-    for (const { seq, outcome, secret } of ready) state = this.#deliver(seq, outcome, secret);
+    // everything known now goes in before the task runs again, earliest first
+    for (let next = this.#nextReady(now.getTime()); next; next = this.#nextReady(now.getTime())) {
+      state = await this.#deliver(next);
+    }
     return state;
   }
 
-  // ---- the loop ---------------------------------------------------------------------------
+  /** How a call found parked in a restored VM waits, from its journal entry. */
+  async #waitOfParked(call: CallRecord, now: Date): Promise<Wait> {
+    const settled = call.status === "succeeded" || call.status === "failed";
+    if (settled && !isSecretMarker(call.result)) {
+      const at = call.service === "sleep" && call.wakeAt ? call.wakeAt : call.completedAt!;
+      return {
+        kind: "ready",
+        outcome: outcomeOf(call),
+        secret: false,
+        at: Date.parse(at),
+        journaled: true,
+      };
+    }
+    if (call.service === "sleep" || call.service === "checkpoint") {
+      const wakeAt = call.wakeAt ? Date.parse(call.wakeAt) : now.getTime();
+      if (wakeAt <= now.getTime()) {
+        return {
+          kind: "ready",
+          outcome: { ok: true },
+          secret: false,
+          at: wakeAt,
+          journaled: false,
+        };
+      }
+      return { kind: "timer", wakeAt, hold: false };
+    }
+    if (call.childRunId) return { kind: "child", childRunId: call.childRunId };
+    // an external call cut off by the last suspension, deferred to this invocation, or a
+    // secret read (the journal keeps only a marker): run it now
+    const again: HostCall = {
+      id: call.seq,
+      service: call.service,
+      path: call.path,
+      args: call.args,
+    };
+    const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
+    return await this.#start(again, plan, { forceInline: true });
+  }
+
+  // ---- run --------------------------------------------------------------------------------
 
   async #loop(initial: VmState): Promise<InvocationResult> {
     let state = initial;
@@ -358,23 +395,20 @@ class Invocation {
       if (this.#vm!.hasNewCalls) continue;
       if (this.#budgetSpent()) return await this.#suspend("budget");
       if (this.#logs.length >= LOG_FLUSH_LINES) await this.#flushLogs();
-      if (this.#inflight.size === 0 && this.#ready.length === 0 && !this.#timerToWaitFor()) {
-        return await this.#suspend("parked");
-      }
-      const next = await this.#nextSettled();
+      const next = await this.#waitForNext();
+      if (next === "parked") return await this.#suspend("parked");
       if (next === "budget") return await this.#suspend("budget");
-      await this.#settleInJournal(next.seq, next.outcome, next.secret);
-      state = this.#deliver(next.seq, next.outcome, next.secret);
+      state = await this.#deliver(next);
     }
   }
 
-  /** Journals the calls the last slice made, starts them, delivers replayed outcomes. */
+  /** Journals the calls the last slice made, starts them, delivers what is known at once. */
   async #acceptNewCalls(state: VmState): Promise<VmState> {
     if (!this.#vm) return state;
     const calls = this.#vm.takeCalls();
     if (calls.length === 0) return state;
-    const replayed: ({ seq: number } & Delivery)[] = [];
     const now = this.#now;
+    const known: CallEntry[] = [];
     for (const call of calls) {
       const plan = await this.#engine.tools.plan(call, this.#run.allowedTools, now);
       this.#engine.onEvent({
@@ -385,63 +419,74 @@ class Invocation {
         path: call.path,
         plan: plan.kind,
       });
-      const known = await this.#start(call, plan, {});
-      if (known) replayed.push({ seq: call.id, ...known });
+      const entry: CallEntry = {
+        seq: call.id,
+        wait: await this.#start(call, plan, {}),
+        fresh: true,
+      };
+      this.#calls.set(call.id, entry);
+      if (entry.wait.kind === "ready") known.push(entry);
     }
-    for (const { seq, outcome, secret } of replayed) state = this.#deliver(seq, outcome, secret);
+    // replayed from the journal or failed at once: the task sees them in call order
+    for (const entry of known) state = await this.#deliver(entry);
     return state;
   }
 
-  /**
-   * Journals one call and sets it going. Returns its outcome when it is already known
-   * (settled in the journal by an earlier attempt, or failed at once).
-   */
-  async #start(
-    call: HostCall,
-    plan: ToolPlan,
-    options: { forceInline?: boolean },
-  ): Promise<Delivery | undefined> {
+  /** Journals one call and sets it going; returns how it waits. */
+  async #start(call: HostCall, plan: ToolPlan, options: { forceInline?: boolean }): Promise<Wait> {
     const seq = call.id;
     const engine = this.#engine;
     const now = this.#now;
+    const known = (outcome: CallOutcome, journaled: boolean, secret = false): Wait => ({
+      kind: "ready",
+      outcome,
+      secret,
+      at: now.getTime(),
+      journaled,
+    });
+    const unstorable = unstorablePath(call.args);
+    if (unstorable) {
+      // the journal could not hold these arguments: refused before anything is written
+      const error = {
+        code: "VALUE_NOT_STORABLE",
+        name: "ToolError",
+        message: notStorableMessage("the call's arguments", unstorable),
+      };
+      plan = { kind: "reject", error };
+      call = { ...call, args: [] };
+    }
     switch (plan.kind) {
       case "reject": {
         const record = await this.#record(call, "inline");
-        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
-        await this.#settleInJournal(seq, { ok: false, error: plan.error }, false);
-        return { outcome: { ok: false, error: plan.error }, secret: false };
+        if (record.replayed) return known(outcomeOf(record), true);
+        return known({ ok: false, error: plan.error }, false);
       }
       case "checkpoint": {
         const record = await this.#record(call, "durable", now);
-        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
-        this.#durable.set(seq, { kind: "now" });
-        return undefined;
+        if (record.replayed) return known(outcomeOf(record), true);
+        return { kind: "next" };
       }
       case "sleep": {
         const ms = plan.wakeAt.getTime() - now.getTime();
         const inline = !engine.durableAll && ms <= engine.inlineSleepMaxMs &&
           ms < this.#wallLeftMs();
         const record = await this.#record(call, inline ? "inline" : "durable", plan.wakeAt);
-        if (record.replayed) return { outcome: outcomeOf(record), secret: false };
+        if (record.replayed) return known(outcomeOf(record), true);
         // a sleep made again after a crash keeps its first deadline
-        const wakeAt = record.wakeAt ? new Date(record.wakeAt) : plan.wakeAt;
-        this.#timers.set(seq, { wakeAt, hold: inline });
-        return undefined;
+        const wakeAt = record.wakeAt ? Date.parse(record.wakeAt) : plan.wakeAt.getTime();
+        return { kind: "timer", wakeAt, hold: inline };
       }
       case "child": {
-        const record = this.#remember(
-          await this.#store.startChild(this.#lease, {
-            seq,
-            task: plan.task,
-            input: plan.input,
-            maxDepth: engine.maxChildDepth,
-          }, now),
-        );
+        const record = await this.#store.startChild(this.#lease, {
+          seq,
+          task: plan.task,
+          input: plan.input,
+          maxDepth: engine.maxChildDepth,
+        }, now);
         if (record.status === "succeeded" || record.status === "failed") {
-          return { outcome: outcomeOf(record), secret: false };
+          return known(outcomeOf(record), true);
         }
-        this.#durable.set(seq, { kind: "child", childRunId: record.childRunId! });
-        return undefined;
+        return { kind: "child", childRunId: record.childRunId! };
       }
       case "invoke": {
         // a call whose journaled args are redacted (a secret write) must run now: later
@@ -456,12 +501,9 @@ class Invocation {
         );
         // a secret read is never delivered from the journal (it holds a marker): run it again
         if (record.replayed && !isSecretMarker(record.result)) {
-          return { outcome: outcomeOf(record), secret: false };
+          return known(outcomeOf(record), true);
         }
-        if (defer) {
-          this.#durable.set(seq, { kind: "now" });
-          return undefined;
-        }
+        if (defer) return { kind: "next" };
         const context: ToolCallContext = {
           runId: this.#run.id,
           seq,
@@ -469,20 +511,19 @@ class Invocation {
           attempt: Math.max(record.attempts, 1),
           signal: this.#abort.signal,
         };
-        const work = (async (): Promise<Delivery> => {
+        const work = (async (): Promise<Known> => {
           const value = await plan.invoke(context);
           return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
-        })().catch((e): Delivery => ({
+        })().catch((e): Known => ({
           outcome: { ok: false, error: toCallError(e) },
           secret: false,
         }));
         if (plan.immediate) {
           const done = await work;
-          await this.#settleInJournal(seq, done.outcome, done.secret);
-          return done;
+          return known(done.outcome, false, done.secret);
         }
         this.#launch(seq, work);
-        return undefined;
+        return { kind: "running" };
       }
     }
   }
@@ -493,87 +534,82 @@ class Invocation {
     wakeAt?: Date,
     journalArgs?: Json[],
   ): Promise<CallRecord> {
-    return this.#remember(
-      await this.#store.recordCall(this.#lease, {
-        seq: call.id,
-        service: call.service,
-        path: call.path,
-        args: journalArgs ?? call.args,
-        mode,
-        wakeAt: wakeAt ?? null,
-      }, this.#now),
-    );
-  }
-
-  #remember(record: CallRecord): CallRecord {
-    this.#journal.set(record.seq, record);
-    return record;
-  }
-
-  /** Writes an outcome to the journal before the task sees it. */
-  async #settleInJournal(seq: number, outcome: CallOutcome, secret: boolean): Promise<void> {
-    this.#collectLogs();
-    const record = await this.#store.settleCall(this.#lease, {
-      seq,
-      ok: outcome.ok,
-      result: outcome.ok ? (secret ? SECRET_MARKER : outcome.value ?? null) : undefined,
-      error: outcome.ok ? undefined : outcome.error as unknown as Json,
-      logs: this.#logs.splice(0),
+    return await this.#store.recordCall(this.#lease, {
+      seq: call.id,
+      service: call.service,
+      path: call.path,
+      args: journalArgs ?? call.args,
+      mode,
+      wakeAt: wakeAt ?? null,
     }, this.#now);
-    this.#remember(record);
   }
 
-  /** Hands an outcome to the task and runs it until it is idle again. */
-  #deliver(seq: number, outcome: CallOutcome, secret = false): VmState {
-    const vm = this.#vm!;
-    if (!vm.settle(seq, outcome, { secret })) {
-      this.#system(`call ${seq} settled but the task was not waiting for it`);
-    }
-    return vm.run();
-  }
-
-  /** A short sleep still to wait out, or any sleep already due. */
-  #timerToWaitFor(): boolean {
-    const now = this.#now.getTime();
-    for (const timer of this.#timers.values()) {
-      if (timer.hold || timer.wakeAt.getTime() <= now) return true;
-    }
-    return false;
-  }
-
-  /** Runs a call in this process; its outcome joins the ready queue when it settles. */
-  #launch(seq: number, work: Promise<Delivery & { at?: number }>) {
-    this.#inflight.add(seq);
-    work.then((settled) => {
-      if (!this.#inflight.delete(seq)) return;
-      this.#ready.push({ seq, ...settled, at: settled.at ?? this.#now.getTime() });
-      this.#onSettled?.();
+  /** Runs a call in this process; when it settles it becomes ready, stamped with the time. */
+  #launch(seq: number, work: Promise<Known>): void {
+    work.then(({ outcome, secret }) => {
+      const entry = this.#calls.get(seq);
+      if (entry?.wait.kind !== "running") return; // the invocation ended meanwhile
+      entry.wait = { kind: "ready", outcome, secret, at: this.#now.getTime(), journaled: false };
+      this.#wake?.("settled");
     });
   }
 
   /**
-   * The next outcome to deliver: of the in-process calls that settled and the short sleeps
-   * that are due, the earliest (a call by when it settled, a sleep by its deadline, as
-   * timers fire), or "budget" when the wall budget runs out first.
+   * The next call to deliver: of the ready calls and the sleeps that are due, the earliest
+   * (a call by when it settled, a sleep by its deadline, as timers fire). One pass over
+   * the table, no allocation. With durableAll, calls made in this invocation are never
+   * delivered in it: each of the task's awaits crosses a snapshot and a restore.
    */
-  async #nextSettled(): Promise<Settled | "budget"> {
+  #nextReady(now: number): CallEntry | undefined {
+    let best: CallEntry | undefined;
+    let bestAt = Infinity;
+    for (const entry of this.#calls.values()) {
+      if (entry.fresh && this.#engine.durableAll) continue;
+      const wait = entry.wait;
+      const at = wait.kind === "ready"
+        ? wait.at
+        : wait.kind === "timer" && wait.wakeAt <= now
+        ? wait.wakeAt
+        : Infinity;
+      if (at < bestAt || (at === bestAt && best && entry.seq < best.seq)) {
+        best = entry;
+        bestAt = at;
+      }
+    }
+    return best;
+  }
+
+  /** Whether anything in this process can still settle a call this invocation delivers. */
+  #worthWaiting(): boolean {
+    for (const { wait, fresh } of this.#calls.values()) {
+      if (fresh && this.#engine.durableAll) continue;
+      if (wait.kind === "running" || (wait.kind === "timer" && wait.hold)) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Waits for the next call to deliver; "parked" when nothing here can settle one (the run
+   * waits on durable calls only), "budget" when the wall budget runs out or the worker asks
+   * for the run back first.
+   */
+  async #waitForNext(): Promise<CallEntry | "parked" | "budget"> {
     for (;;) {
       const now = this.#now.getTime();
-      const due: Settled[] = [...this.#timers].filter(([, t]) => t.wakeAt.getTime() <= now)
-        .map(([seq, t]) => ({ seq, outcome: { ok: true }, secret: false, at: t.wakeAt.getTime() }));
-      const candidates = [...this.#ready, ...due].sort((a, b) => a.at - b.at || a.seq - b.seq);
-      const next = candidates[0];
-      if (next) {
-        if (this.#timers.delete(next.seq)) return next;
-        this.#ready.splice(this.#ready.indexOf(next), 1);
-        return next;
+      const next = this.#nextReady(now);
+      if (next) return next;
+      if (!this.#worthWaiting()) return "parked";
+      let nextTimer = Infinity;
+      for (const { wait } of this.#calls.values()) {
+        if (wait.kind === "timer" && wait.wakeAt < nextTimer) nextTimer = wait.wakeAt;
       }
-      const nextTimer = Math.min(...[...this.#timers.values()].map((t) => t.wakeAt.getTime()));
+      // the signals' listeners belong to the invocation (added once, removed at its end);
+      // a wait only adds a timer and a sleep, both gone when it ends
       const wait = new AbortController();
-      let budget: ReturnType<typeof setTimeout> | undefined;
       const outcome = await new Promise<"settled" | "budget" | "lost">((resolve) => {
-        this.#onSettled = () => resolve("settled");
-        budget = setTimeout(() => resolve("budget"), Math.max(0, this.#wallLeftMs()));
+        this.#wake = resolve;
+        const budget = setTimeout(() => resolve("budget"), Math.max(0, this.#wallLeftMs()));
+        wait.signal.addEventListener("abort", () => clearTimeout(budget), { once: true });
         if (Number.isFinite(nextTimer)) {
           this.#engine.clock.sleep(nextTimer - now, wait.signal).then(
             () => resolve("settled"),
@@ -581,21 +617,74 @@ class Invocation {
           );
         }
         if (this.#abort.signal.aborted) resolve("lost");
-        else this.#abort.signal.addEventListener("abort", () => resolve("lost"), { once: true });
         if (this.#yield?.aborted) resolve("budget");
-        else this.#yield?.addEventListener("abort", () => resolve("budget"), { once: true });
       });
-      clearTimeout(budget);
       wait.abort();
-      this.#onSettled = undefined;
+      this.#wake = undefined;
       if (outcome === "lost") throw new LeaseLost(String(this.#abort.signal.reason ?? "aborted"));
       if (outcome === "budget") return "budget";
     }
   }
 
-  // ---- ending the invocation ---------------------------------------------------------------
+  /**
+   * Journals a call's outcome (unless the journal has it), hands it to the task, and runs
+   * the task until it is idle again. The journal always knows an outcome before the task.
+   */
+  async #deliver(entry: CallEntry): Promise<VmState> {
+    const known = this.#outcomeOf(entry);
+    if (!known.journaled) await this.#settleInJournal(entry.seq, known.outcome, known.secret);
+    this.#calls.delete(entry.seq);
+    const vm = this.#vm!;
+    if (!vm.settle(entry.seq, known.outcome, { secret: known.secret })) {
+      this.#system(`call ${entry.seq} settled but the task was not waiting for it`);
+    }
+    return vm.run();
+  }
+
+  /** A deliverable entry's outcome: a due sleep resolves with undefined. */
+  #outcomeOf(entry: CallEntry): Known & { journaled: boolean } {
+    const wait = entry.wait;
+    if (wait.kind === "ready") {
+      const path = wait.outcome.ok && !wait.journaled
+        ? unstorablePath(wait.outcome.value)
+        : undefined;
+      if (path) {
+        // a tool answered with a string the journal cannot hold: the task gets a named error
+        const message = notStorableMessage("the call's result", path);
+        return {
+          outcome: { ok: false, error: { name: "ToolError", code: "VALUE_NOT_STORABLE", message } },
+          secret: false,
+          journaled: false,
+        };
+      }
+      return wait;
+    }
+    return { outcome: { ok: true }, secret: false, journaled: false };
+  }
+
+  /** Writes an outcome to the journal, with the log lines so far, before the task sees it. */
+  async #settleInJournal(seq: number, outcome: CallOutcome, secret: boolean): Promise<void> {
+    this.#collectLogs();
+    await this.#store.settleCall(this.#lease, {
+      seq,
+      ok: outcome.ok,
+      result: outcome.ok ? (secret ? SECRET_MARKER : outcome.value ?? null) : undefined,
+      error: outcome.ok ? undefined : outcome.error as unknown as Json,
+      logs: this.#logs.splice(0),
+    }, this.#now);
+  }
+
+  // ---- park, snapshot, suspend or end -------------------------------------------------------
 
   async #complete(result: Json): Promise<InvocationResult> {
+    const path = unstorablePath(result);
+    if (path) {
+      return await this.#fail({
+        code: "VALUE_NOT_STORABLE",
+        name: "ResultError",
+        message: notStorableMessage("the task's result", path),
+      });
+    }
     this.#collectLogs();
     await this.#store.completeRun(this.#lease, result, this.#logs.splice(0), this.#now);
     this.#engine.onEvent({ type: "completed", runId: this.#run.id });
@@ -604,7 +693,21 @@ class Invocation {
 
   async #fail(error: RunError): Promise<InvocationResult> {
     this.#collectLogs();
-    await this.#store.failRun(this.#lease, error, this.#logs.splice(0), this.#now);
+    const stored = storableError(error);
+    await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
+    this.#engine.onEvent({ type: "failed", runId: this.#run.id });
+    return { ...this.#result("failed"), error: stored };
+  }
+
+  /** The last resort when the database refused a write: fail the run, without the logs. */
+  async #failOnDataError(e: StoreError): Promise<InvocationResult> {
+    const error: RunError = {
+      code: "VALUE_NOT_STORABLE",
+      name: "StoreError",
+      message: storableText(`the database refused a value of this run: ${e.message}`),
+    };
+    this.#logs = [];
+    await this.#store.failRun(this.#lease, error, [], this.#now);
     this.#engine.onEvent({ type: "failed", runId: this.#run.id });
     return { ...this.#result("failed"), error };
   }
@@ -616,29 +719,33 @@ class Invocation {
   async #suspend(reason: "parked" | "budget"): Promise<InvocationResult> {
     const vm = this.#vm!;
     const t0 = performance.now();
-    // outcomes that arrived but were not delivered yet: journal them, the next
-    // invocation delivers them from there instead of running the calls again
-    for (const ready of this.#ready.splice(0)) {
-      await this.#settleInJournal(ready.seq, ready.outcome, ready.secret);
+    // outcomes that arrived but were not delivered: journal them, the next invocation
+    // delivers them from there instead of running the calls again
+    for (const entry of this.#calls.values()) {
+      const wait = entry.wait;
+      if (wait.kind === "ready" && !wait.journaled) {
+        const known = this.#outcomeOf(entry);
+        await this.#settleInJournal(entry.seq, known.outcome, known.secret);
+        entry.wait = { ...wait, journaled: true };
+      }
     }
     const snapshot = await takeSnapshot(vm);
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
-    let wakeAt: Date | null = null;
-    let now = false;
+    let wakeAt: number | null = null;
+    let now = reason === "budget";
     for (const seq of parked) {
-      const timer = this.#timers.get(seq);
-      const wait = this.#durable.get(seq);
-      if (timer) {
-        if (!wakeAt || timer.wakeAt < wakeAt) wakeAt = timer.wakeAt;
-      } else if (!wait) now = true; // in flight here: it runs again in the next invocation
-      else if (wait.kind === "now") now = true;
-      else children.push(wait.childRunId);
+      const wait = this.#calls.get(seq)?.wait;
+      if (wait?.kind === "timer") {
+        if (wakeAt === null || wait.wakeAt < wakeAt) wakeAt = wait.wakeAt;
+      } else if (wait?.kind === "child") children.push(wait.childRunId);
+      // running here (it runs again), ready (delivered from the journal), next: at once
+      else now = true;
     }
-    if (reason === "budget" || now) wakeAt = this.#now;
+    const wake = now ? this.#now : wakeAt === null ? null : new Date(wakeAt);
     const waitingOn: WaitingOn = { calls: parked };
     if (children.length) waitingOn.children = children;
-    if (wakeAt) waitingOn.wakeAt = wakeAt.toISOString();
+    if (wake) waitingOn.wakeAt = wake.toISOString();
     if (reason === "budget" && this.#yield?.aborted) {
       this.#system(`handed over by ${this.#engine.workerId} (shutting down)`);
     } else if (reason === "budget") {
@@ -651,7 +758,7 @@ class Invocation {
     const view = await this.#store.suspendRun(this.#lease, {
       snapshot: snapshot.bytes,
       header: snapshot.header,
-      wakeAt,
+      wakeAt: wake,
       waitingOn,
       logs: this.#logs.splice(0),
     }, this.#now);
@@ -659,7 +766,7 @@ class Invocation {
       type: "suspended",
       runId: this.#run.id,
       bytes: snapshot.bytes.length,
-      wakeAt: wakeAt?.toISOString() ?? null,
+      wakeAt: wake?.toISOString() ?? null,
       ms: performance.now() - t0,
     });
     return {
@@ -715,7 +822,7 @@ class Invocation {
     const vm = this.#vm;
     if (!vm || vm.disposed) return;
     for (const entry of vm.takeLogs()) {
-      this.#logs.push({ level: entry.level, message: entry.message, at: entry.at });
+      this.#logs.push({ level: entry.level, message: storableText(entry.message), at: entry.at });
     }
   }
 
@@ -726,6 +833,17 @@ class Invocation {
   #system(message: string): void {
     this.#logs.push({ level: "system", message, at: this.#now.getTime() });
   }
+}
+
+/** A run's error with its text made storable (a task may throw any string). */
+function storableError(error: RunError): RunError {
+  return {
+    ...error,
+    name: storableText(error.name),
+    message: storableText(error.message),
+    ...(error.stack !== undefined ? { stack: storableText(error.stack) } : {}),
+    ...(error.cause !== undefined ? { cause: storableError(error.cause) } : {}),
+  };
 }
 
 function outcomeOf(call: CallRecord): CallOutcome {
