@@ -248,10 +248,7 @@ test("a snapshot from another build fails its run with SNAPSHOT_INCOMPATIBLE", a
     const id = await sleepingRun(h);
     const snapshot = (await db.store.getSnapshot(id))!;
     const altered = await withHeader(snapshot.bytes, change);
-    await db.query("update quickjs.snapshots set bytes = $2 where run_id = $1", [
-      id,
-      db.kind === "postgres" ? altered : altered,
-    ]);
+    await db.query("update quickjs.snapshots set bytes = $2 where run_id = $1", [id, altered]);
     const run = await runToEnd(h, id);
     assert.equal(run.status, "failed", what);
     assert.equal(run.error?.code, "SNAPSHOT_INCOMPATIBLE", `${what}: ${run.error?.message}`);
