@@ -3,12 +3,18 @@
  * from the environment; importing this module touches neither the database nor files.
  * Local development serves the same app over an embedded database: `deno task serve`.
  */
-import { Store } from "../_shared/quickjs/mod.ts";
+import { IsolateLife, isolateLimitsFromEnv, Store } from "../_shared/quickjs/mod.ts";
 import { preflight, withCors } from "./http/app.ts";
 import { errorResponse, HttpError } from "./http/errors.ts";
 import { type App, appForStore, driverFromEnv, type Env } from "./http/setup.ts";
 
 let app: Promise<App> | undefined;
+
+/**
+ * This worker's life as the platform counts it, from the process's start: runs suspend at
+ * an idle point before its wall clock or CPU runs out, and at `beforeunload`.
+ */
+let isolate: IsolateLife | undefined;
 
 async function fetch(request: Request): Promise<Response> {
   const allowOrigin = Deno.env.get("QUICKJS_ALLOW_ORIGIN") || "*";
@@ -40,7 +46,11 @@ function appFromEnv(env: Env, allowOrigin: string): Promise<App> {
       ),
     );
   }
-  return Promise.resolve(appForStore(new Store(driver), env, allowOrigin));
+  if (!isolate) {
+    isolate = new IsolateLife(isolateLimitsFromEnv(env));
+    isolate.listen();
+  }
+  return Promise.resolve(appForStore(new Store(driver), env, allowOrigin, { isolate }));
 }
 
 export default { fetch } satisfies Deno.ServeDefaultExport;

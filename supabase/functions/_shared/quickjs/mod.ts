@@ -17,6 +17,14 @@ export {
 } from "./engine/run_loop.ts";
 export { type Clock, systemClock } from "./engine/clock.ts";
 export {
+  IsolateLife,
+  type IsolateLimits,
+  isolateLimitsFromEnv,
+  processCpuMs,
+  SUPABASE_FREE,
+  UNLIMITED,
+} from "./engine/isolate.ts";
+export {
   CALL_STATUS,
   type CallStatus,
   isFinal,

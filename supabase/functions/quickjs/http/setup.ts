@@ -7,6 +7,7 @@
 import {
   Engine,
   httpOptionsFromEnv,
+  type IsolateLife,
   postgresDriver,
   type SqlDriver,
   Store,
@@ -30,12 +31,18 @@ export function driverFromEnv(env: Env): SqlDriver | undefined {
 }
 
 /** The app over a store, with the engine, tools and auth the environment configures. */
-export function appForStore(store: Store, env: Env, allowOrigin: string): App {
+export function appForStore(
+  store: Store,
+  env: Env,
+  allowOrigin: string,
+  options: { isolate?: IsolateLife } = {},
+): App {
   const get = (name: string) => env.get(name) || undefined;
   const engine = new Engine({
     store,
     tools: new ToolRegistry(store, { http: httpOptionsFromEnv(env) }),
     workerId: `edge-${crypto.randomUUID().slice(0, 8)}`,
+    isolate: options.isolate,
   });
   return createApp({
     store,

@@ -30,6 +30,7 @@ import {
 import { type CallError, toCallError } from "./tool_errors.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
+import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
 
 /** How much one invocation may spend before it suspends and lets a new one continue. */
 export interface Budget {
@@ -61,6 +62,11 @@ export interface EngineConfig {
   maxChildDepth?: number;
   /** Observes what the engine does (CLIs print it, tests assert on it). */
   onEvent?: (event: EngineEvent) => void;
+  /**
+   * The worker's life as the platform counts it (edge function: Supabase's wall clock, CPU
+   * over the worker's life, beforeunload); invocations end their budget inside it.
+   */
+  isolate?: IsolateLife;
 }
 
 export type EngineEvent =
@@ -100,6 +106,7 @@ export class Engine {
   readonly durableAll: boolean;
   readonly maxChildDepth: number;
   readonly onEvent: (event: EngineEvent) => void;
+  readonly isolate: IsolateLife;
 
   constructor(config: EngineConfig) {
     this.store = config.store;
@@ -112,6 +119,7 @@ export class Engine {
     this.durableAll = config.durableAll ?? false;
     this.maxChildDepth = config.maxChildDepth ?? 16;
     this.onEvent = config.onEvent ?? (() => {});
+    this.isolate = config.isolate ?? unlimitedIsolate;
   }
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
@@ -230,6 +238,7 @@ class Invocation {
     this.#yield = signals.yield;
     signals.abort?.addEventListener("abort", this.#onAbort, { once: true });
     signals.yield?.addEventListener("abort", this.#onYield, { once: true });
+    engine.isolate.unloading.addEventListener("abort", this.#onYield, { once: true });
     this.#abort.signal.addEventListener("abort", () => this.#wake?.("lost"), { once: true });
   }
 
@@ -270,6 +279,7 @@ class Invocation {
       clearInterval(this.#heartbeat);
       this.#signals.abort?.removeEventListener("abort", this.#onAbort);
       this.#signals.yield?.removeEventListener("abort", this.#onYield);
+      this.#engine.isolate.unloading.removeEventListener("abort", this.#onYield);
       this.#abort.abort(new LeaseLost("invocation ended"));
       if (this.#vm && !this.#vm.disposed) this.#vm.dispose();
     }
@@ -617,7 +627,7 @@ class Invocation {
           );
         }
         if (this.#abort.signal.aborted) resolve("lost");
-        if (this.#yield?.aborted) resolve("budget");
+        if (this.#yield?.aborted || this.#engine.isolate.unloading.aborted) resolve("budget");
       });
       wait.abort();
       this.#wake = undefined;
@@ -746,7 +756,11 @@ class Invocation {
     const waitingOn: WaitingOn = { calls: parked };
     if (children.length) waitingOn.children = children;
     if (wake) waitingOn.wakeAt = wake.toISOString();
-    if (reason === "budget" && this.#yield?.aborted) {
+    if (reason === "budget" && this.#engine.isolate.unloading.aborted) {
+      this.#system(
+        `handed over by ${this.#engine.workerId}: ${this.#engine.isolate.unloading.reason.message}`,
+      );
+    } else if (reason === "budget" && this.#yield?.aborted) {
       this.#system(`handed over by ${this.#engine.workerId} (shutting down)`);
     } else if (reason === "budget") {
       this.#system(
@@ -789,13 +803,21 @@ class Invocation {
 
   // ---- budget, lease, logs -----------------------------------------------------------------
 
+  /** Wall time left: of the invocation's budget, and of the worker's life. */
   #wallLeftMs(): number {
-    return this.#engine.budget.wallMs - (performance.now() - this.#started);
+    const own = this.#engine.budget.wallMs - (performance.now() - this.#started);
+    return Math.min(own, this.#engine.isolate.wallLeftMs());
   }
 
+  /**
+   * The invocation's CPU budget counts time inside its VM (concurrent invocations must not
+   * spend each other's); the worker's limit counts all the process spent (gzip, JSON, TLS…).
+   */
   #budgetSpent(): boolean {
-    return this.#yield?.aborted === true || this.#wallLeftMs() <= 0 ||
-      (this.#vm?.cpuMs ?? 0) >= this.#engine.budget.cpuMs;
+    const isolate = this.#engine.isolate;
+    return this.#yield?.aborted === true || isolate.unloading.aborted ||
+      this.#wallLeftMs() <= 0 || (this.#vm?.cpuMs ?? 0) >= this.#engine.budget.cpuMs ||
+      isolate.cpuLeftMs() <= 0;
   }
 
   #startHeartbeat(): void {
