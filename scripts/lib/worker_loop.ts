@@ -3,6 +3,8 @@
  * running. It claims when a NOTIFY on quickjs_runs arrives, when an invocation ends (a run
  * that suspended to continue at once is queued again), when the next wake time comes
  * (store.nextWakeAt), and at least every `pollMs`, the fallback when notifications are lost.
+ * The next wake time is asked of the database at most once per `pollMs` and whenever the
+ * one known has passed; in between, the wake times of this worker's own suspensions keep it.
  * stop() stops claiming, makes running invocations hand their runs over at their next idle
  * point, and resolves when they have.
  */
@@ -68,6 +70,9 @@ export class WorkerLoop {
   #wanted = true;
   #wake: (() => void) | undefined;
   #unlisten: (() => Promise<void>) | undefined;
+  /** The earliest wake time known (ms), undefined when unknown; and when it was asked for. */
+  #nextWake: number | null | undefined;
+  #nextWakeAskedAt = -Infinity;
   #loop: Promise<WorkerStats> | undefined;
   readonly #stats: WorkerStats = {
     invocations: 0,
@@ -101,9 +106,13 @@ export class WorkerLoop {
     return this.#stats;
   }
 
-  /** Listens (when the driver can) and starts the loop; resolves once notifications arrive. */
+  /**
+   * Builds the sandbox's boot image (so the first run does not wait for it), listens (when
+   * the driver can) and starts the loop; resolves once notifications arrive.
+   */
   async start(): Promise<void> {
     if (this.#loop) throw new Error("the worker has already started");
+    await this.#engine.prepare();
     const listen = this.#store.driver.listen;
     if (this.#listen && !this.#once && listen) {
       try {
@@ -183,6 +192,12 @@ export class WorkerLoop {
   #launch(run: ClaimedRun): void {
     const work = this.#engine.runClaimed(run, { yield: this.#yield.signal }).then(
       (result) => {
+        if (result.wakeAt && result.status === "suspended") {
+          const at = Date.parse(result.wakeAt);
+          if (this.#nextWake === null || (this.#nextWake !== undefined && at < this.#nextWake)) {
+            this.#nextWake = at;
+          }
+        }
         this.#stats.invocations++;
         this.#stats.statuses[result.status] = (this.#stats.statuses[result.status] ?? 0) + 1;
         this.#onInvocation(result);
@@ -201,6 +216,10 @@ export class WorkerLoop {
     this.#stats.maxConcurrent = Math.max(this.#stats.maxConcurrent, this.#running.size);
   }
 
+  #stale(now: number): boolean {
+    return now - this.#nextWakeAskedAt >= this.#pollMs;
+  }
+
   /**
    * Waits for a NOTIFY, an invocation to end, stop(), or a timeout: the next wake time
    * when a slot is free and it comes before the poll interval, else the poll interval.
@@ -210,13 +229,20 @@ export class WorkerLoop {
     const free = this.#running.size < this.#concurrency;
     if (fixedMs === undefined && free && !this.#once) {
       try {
-        const now = this.#engine.clock.now();
-        const next = await this.#store.nextWakeAt(now);
-        if (next) {
-          const until = next.getTime() - now.getTime();
+        const now = this.#engine.clock.now().getTime();
+        const known = this.#nextWake;
+        // one query per poll interval, or when the wake time known has come
+        if (known === undefined || (known !== null && known <= now) || this.#stale(now)) {
+          this.#nextWakeAskedAt = now;
+          this.#nextWake = (await this.#store.nextWakeAt(new Date(now)))?.getTime() ?? null;
+        }
+        const next = this.#nextWake;
+        if (next !== null && next !== undefined) {
+          const until = next - now;
           ms = Math.min(ms, until > 0 ? until + WAKE_SLACK_MS : RETRY_DUE_MS);
         }
       } catch (e) {
+        this.#nextWake = undefined;
         this.#stats.errors++;
         this.#onError(e, { what: "next wake time" });
       }

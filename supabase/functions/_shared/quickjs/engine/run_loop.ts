@@ -6,7 +6,14 @@
  *
  * The engine does no I/O of its own: the database is the Store, the world is the tools.
  */
-import { type CallOutcome, type HostCall, type Json, TaskVm, type VmState } from "../sandbox/vm.ts";
+import {
+  type CallOutcome,
+  getBootImage,
+  type HostCall,
+  type Json,
+  TaskVm,
+  type VmState,
+} from "../sandbox/vm.ts";
 import { restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
 import { type RunError, SandboxError } from "../sandbox/errors.ts";
 import { resolveLimits, type SandboxLimits } from "../sandbox/limits.ts";
@@ -120,6 +127,14 @@ export class Engine {
     this.maxChildDepth = config.maxChildDepth ?? 16;
     this.onEvent = config.onEvent ?? (() => {});
     this.isolate = config.isolate ?? unlimitedIsolate;
+  }
+
+  /**
+   * Builds what every invocation needs, the sandbox's boot image (~100 ms), ahead of the
+   * first run: a worker calls it at start so its first job does not wait for it.
+   */
+  async prepare(): Promise<void> {
+    await getBootImage();
   }
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
