@@ -10,8 +10,12 @@ import {
   TaskVm,
   VENDORED_WASM_DIR,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { registerSyncBuild } from "../../supabase/functions/_shared/quickjs/dev.ts";
 import { readBuildBytes } from "../../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
 import { drive, newVm, resultOf } from "./drive.ts";
+
+// the sync build is compared here; only the dev entry can register it
+registerSyncBuild();
 
 for (const variant of ["asyncify", "sync"] as const) {
   Deno.test(`two fresh VMs (${variant}) have identical runtime and context pointers`, async () => {
@@ -29,7 +33,10 @@ for (const variant of ["asyncify", "sync"] as const) {
 }
 
 Deno.test("two processes compute the same boot image fingerprint", async () => {
-  const vmModule = new URL("../../supabase/functions/quickjs/sandbox/vm.ts", import.meta.url);
+  const vmModule = new URL(
+    "../../supabase/functions/_shared/quickjs/sandbox/boot_image.ts",
+    import.meta.url,
+  );
   const config = new URL("../../deno.json", import.meta.url);
   const script = `import { getBootImage } from ${JSON.stringify(vmModule.href)};
     console.log((await getBootImage()).fingerprint);`;
@@ -94,4 +101,18 @@ Deno.test("without the npm package's wasm (a deployed bundle), the copy prepare-
   } finally {
     await Deno.writeTextFile(record, saved);
   }
+});
+
+Deno.test("without the dev entry, the sync build is not there", async () => {
+  const script = `import { getBuild } from ${
+    JSON.stringify(new URL("../../supabase/functions/_shared/quickjs/mod.ts", import.meta.url).href)
+  };
+    try { await getBuild("sync"); console.log("loaded"); } catch (e) { console.log(e.message); }`;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", fileURLToPath(new URL("../../deno.json", import.meta.url)), script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  assert.match(new TextDecoder().decode(output.stdout), /sync build is not registered/);
 });

@@ -268,8 +268,15 @@ class Invocation {
     }
     const t0 = performance.now();
     if (run.snapshot) {
+      let parked: number[];
       try {
-        this.#vm = await restoreSnapshot(run.snapshot, { now: this.#taskClock });
+        const restored = await restoreSnapshot(run.snapshot, {
+          runId: run.id,
+          limits: this.#limits,
+          now: this.#taskClock,
+        });
+        this.#vm = restored.vm;
+        parked = restored.header.parkedCalls;
       } catch (e) {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
         throw e;
@@ -282,7 +289,7 @@ class Invocation {
         ms: performance.now() - t0,
       });
       this.#system(`restored the VM (attempt ${run.attempts})`);
-      return await this.#resumeParked(run.snapshotHeader?.parkedCalls ?? []);
+      return await this.#resumeParked(parked);
     }
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
@@ -621,7 +628,7 @@ class Invocation {
     for (const ready of this.#ready.splice(0)) {
       await this.#settleInJournal(ready.seq, ready.outcome, ready.secret);
     }
-    const snapshot = await takeSnapshot(vm);
+    const snapshot = await takeSnapshot(vm, { runId: this.#run.id });
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
     let wakeAt: Date | null = null;
