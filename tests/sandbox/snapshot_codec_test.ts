@@ -97,7 +97,7 @@ Deno.test("bytes that are not a snapshot fail with SNAPSHOT_CORRUPT (bad magic)"
 Deno.test("a snapshot cut short anywhere fails with SNAPSHOT_CORRUPT", async () => {
   const bytes = await encodeSnapshot(header(), BODY);
   for (const length of [8, 20, 43, 44, 100, bytes.length - BODY.length, bytes.length - 1]) {
-    await rejectsWith(bytes.slice(0, length), "SNAPSHOT_CORRUPT", /truncated|digest/);
+    await rejectsWith(bytes.slice(0, length), "SNAPSHOT_CORRUPT", /truncated|checksum/);
   }
 });
 
@@ -106,7 +106,7 @@ Deno.test("one changed byte in the header or the body fails the digest with SNAP
   for (const at of [10, 41, 60, bytes.length - 3]) {
     const damaged = bytes.slice();
     damaged[at]! ^= 0x04;
-    await rejectsWith(damaged, "SNAPSHOT_CORRUPT", /digest|truncated/);
+    await rejectsWith(damaged, "SNAPSHOT_CORRUPT", /checksum|truncated/);
   }
 });
 
@@ -169,7 +169,7 @@ Deno.test("a keyed snapshot decodes with its key, and with no other key or none"
   const keyed = await encodeSnapshot(header({ keyId: KEY.id }), BODY, { key: KEY });
   assert.equal((await decodeSnapshot(keyed, { key: KEY })).header.keyId, "k1");
   await rejectsWith(keyed, "SNAPSHOT_CORRUPT", /made with key "k1", this restore uses no key/);
-  await rejectsWith(keyed, "SNAPSHOT_CORRUPT", /digest mismatch/, OTHER_KEY);
+  await rejectsWith(keyed, "SNAPSHOT_CORRUPT", /checksum mismatch/, OTHER_KEY);
   // the same secret under another id: the digest verifies, the id does not
   await rejectsWith(
     keyed,

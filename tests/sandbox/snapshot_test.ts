@@ -102,13 +102,13 @@ Deno.test("a keyed snapshot restores with its key only", async () => {
   await refused(
     restoreSnapshot(bytes, { runId: RUN, limits: LIMITS }),
     "SNAPSHOT_CORRUPT",
-    /digest mismatch/,
+    /checksum mismatch/,
   );
   const other = { id: "2026-12", secret: crypto.getRandomValues(new Uint8Array(32)) };
   await refused(
     restoreSnapshot(bytes, { runId: RUN, limits: LIMITS, key: other }),
     "SNAPSHOT_CORRUPT",
-    /digest mismatch/,
+    /checksum mismatch/,
   );
   const unkeyed = await takeSnapshot(vm, { runId: RUN });
   await refused(

@@ -308,8 +308,8 @@ function digestMismatch(headerText: Uint8Array, key: SnapshotKey | undefined): s
   if (typeof keyId === "string" || keyId === null) {
     const made = keyId === null ? "no key" : `key ${JSON.stringify(keyId)}`;
     if (made !== expected) {
-      return `snapshot digest mismatch: it says it was made with ${made}, this restore uses ${expected}`;
+      return `snapshot checksum mismatch: it says it was made with ${made}, this restore uses ${expected}`;
     }
   }
-  return `snapshot digest mismatch (${expected}): the bytes are damaged, or were signed with another secret`;
+  return `snapshot checksum mismatch: the bytes are damaged, or were signed with another secret (${expected})`;
 }

@@ -110,8 +110,8 @@ export class TaskVm {
   /**
    * A VM ready to start, from the boot image. `pages` sizes its memory (a restore passes
    * the snapshot's size, so memory never grows from outside). A fresh VM gets a new
-   * Math.random seed; a VM about to be restored keeps the image's, as the snapshot's
-   * pages overwrite it.
+   * Math.random seed; a VM about to be restored keeps the image's, which the restore
+   * replaces with the seed words and pages of the snapshot (snapshot.ts).
    */
   static async create(
     options: {
