@@ -120,7 +120,7 @@ Deno.test("a snapshot taken now has the golden header's format and fields", asyn
     assert.equal(header.format, expected.format);
     assert.deepEqual(Object.keys(header).sort(), Object.keys(expected).sort());
     assert.deepEqual(Object.keys(header.pointers), Object.keys(expected.pointers));
-    assert.deepEqual(header.limits, expected.limits);
+    assert.deepEqual(Object.keys(header.limits).sort(), Object.keys(expected.limits).sort());
     return Promise.resolve();
   });
 });
