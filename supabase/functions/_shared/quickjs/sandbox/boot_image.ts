@@ -192,7 +192,7 @@ export function getBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<Boo
   return image;
 }
 
-/** The context's random state is one 64-bit word: two 32-bit words may differ, no more. */
+/** The context's random state is one 64-bit word: two 32-bit words, no more. */
 const MAX_SEED_WORDS = 2;
 
 async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
@@ -211,12 +211,20 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
     const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
     const other = new Int32Array(b.instance.memory.buffer, 0, end >> 2);
     const dead = deadStackPages(facts.heapBase);
-    const seedWords: number[] = [];
+    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64, with the clock in
+    // microseconds: two set-ups a moment apart differ in its low word only, yet the high
+    // word moves every 2^32 µs (~72 minutes). Both halves are seed words, or the
+    // fingerprint would change with the hour and older snapshots stop restoring elsewhere.
+    const seeds = new Set<number>();
     for (let i = 0; i < image.length; i++) {
       const page = Math.floor((i * 4) / PAGE_SIZE);
       if (page >= dead.first && page < dead.end) continue;
-      if (image[i] !== other[i]) seedWords.push(i * 4);
+      if (image[i] !== other[i]) {
+        const state = (i * 4) & ~7;
+        seeds.add(state).add(state + 4);
+      }
     }
+    const seedWords = [...seeds].sort((x, y) => x - y);
     // anything more than the seed is a set-up that depends on something this code does not pin
     if (seedWords.length > MAX_SEED_WORDS) {
       throw new Error(`VM set-up is not deterministic: ${seedWords.length} words differ`);
