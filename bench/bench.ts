@@ -26,12 +26,17 @@ import {
   ToolRegistry,
   type VmState,
 } from "../supabase/functions/_shared/quickjs/mod.ts";
+import { registerSyncBuild } from "../supabase/functions/_shared/quickjs/dev.ts";
 import { openTestDb, type TestDb } from "../tests/support/db.ts";
 import { createApp } from "../supabase/functions/quickjs/http/app.ts";
 
+// the sync build is the yardstick only: the dev entry registers it, the product never does
+registerSyncBuild();
 const VARIANTS: BuildVariant[] = ["asyncify", "sync"];
 const LIMITS = resolveLimits({});
 const CONTEXT: TaskContext = { runId: "bench", task: "bench", attempt: 1 };
+/** How the bench restores the snapshots of VMs it made with CONTEXT and LIMITS. */
+const RESTORE = { runId: CONTEXT.runId, limits: LIMITS };
 const RESULTS_FILE = new URL("./results.json", import.meta.url);
 
 /** Returns at once: the cost of a VM around nothing. */
@@ -192,7 +197,7 @@ async function measureStoreCycle(db: TestDb, cycles: number) {
     // The engine journals every call; not part of the suspension itself.
     await store.recordCall(lease, { ...call, seq: call.id, mode: "durable" });
     const t0 = performance.now();
-    const snapshot = await takeSnapshot(vm);
+    const snapshot = await takeSnapshot(vm, { runId: run.id });
     const t1 = performance.now();
     await store.suspendRun(lease, {
       snapshot: snapshot.bytes,
@@ -207,7 +212,7 @@ async function measureStoreCycle(db: TestDb, cycles: number) {
     claimed = await claim();
     const t4 = performance.now();
     assert.ok(claimed.snapshot, "the claim did not load the snapshot");
-    vm = await restoreSnapshot(claimed.snapshot);
+    ({ vm } = await restoreSnapshot(claimed.snapshot, { runId: run.id, limits: LIMITS }));
     const t5 = performance.now();
     vm.settle(call.id, step(cycle));
     state = vm.run();
@@ -253,10 +258,10 @@ async function measureSizes(reps: number) {
     let bytes = new Uint8Array();
     for (let i = 0; i < reps; i++) {
       let t0 = performance.now();
-      bytes = (await takeSnapshot(vm)).bytes;
+      bytes = (await takeSnapshot(vm, { runId: CONTEXT.runId })).bytes;
       snapshotMs.push(performance.now() - t0);
       t0 = performance.now();
-      const restored = await restoreSnapshot(bytes);
+      const { vm: restored } = await restoreSnapshot(bytes, RESTORE);
       restoreMs.push(performance.now() - t0);
       restored.dispose();
     }
@@ -289,7 +294,7 @@ async function parkedAfter(n: number): Promise<TaskVm> {
 /** Resume by restore: the VM parked on call n + 1, then settle it and run to the end. */
 async function resumeByRestore(bytes: Uint8Array, n: number): Promise<number> {
   const t0 = performance.now();
-  const vm = await restoreSnapshot(bytes);
+  const { vm } = await restoreSnapshot(bytes, RESTORE);
   vm.settle(n + 1, step(0));
   const state = vm.run();
   const ms = performance.now() - t0;
@@ -329,7 +334,7 @@ async function measureResumeAfterCalls(ns: number[], reps: number) {
     [];
   for (const n of ns) {
     const vm = await parkedAfter(n);
-    const { bytes } = await takeSnapshot(vm);
+    const { bytes } = await takeSnapshot(vm, { runId: CONTEXT.runId });
     vm.dispose();
     const journal = Array.from({ length: n }, (_, i) => step(i + 1));
     const restore: number[] = [];

@@ -192,7 +192,10 @@ export async function restoreDryRun(store: Store, runId: string): Promise<Restor
   const t0 = performance.now();
   let vm;
   try {
-    vm = await restoreSnapshot(snapshot.bytes);
+    // a dry run cannot read the task version's limits: it restores under the ones the
+    // verified header records (the engine passes the task's, and refuses a mismatch)
+    const { header } = await readSnapshot(snapshot.bytes);
+    ({ vm } = await restoreSnapshot(snapshot.bytes, { runId, limits: header.limits }));
   } catch (e) {
     return {
       runId,

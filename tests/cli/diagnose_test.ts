@@ -136,7 +136,7 @@ test("inspectRun shows the run, its journal, its snapshot header and its last lo
   );
   const s = report.snapshot;
   assert.ok(s);
-  assert.equal(s.format, 1);
+  assert.equal(s.format, 2);
   assert.equal(s.packageVersion, "0.32.0");
   assert.match(s.wasmSha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(s.parkedCalls, [2]);

@@ -20,9 +20,13 @@ interface GraphModule {
   dependencies?: { code?: { specifier?: string }; type?: { specifier?: string } }[];
 }
 
-async function deployedGraph(): Promise<GraphModule[]> {
+function deployedGraph(): Promise<GraphModule[]> {
+  return graphOf(ENTRY);
+}
+
+async function graphOf(entry: URL): Promise<GraphModule[]> {
   const output = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", "--frozen", fileURLToPath(ENTRY)],
+    args: ["info", "--json", "--frozen", fileURLToPath(entry)],
     cwd: fileURLToPath(ROOT),
     stdout: "piped",
     stderr: "piped",
@@ -49,4 +53,22 @@ Deno.test("the deployed entry's graph holds only supabase/functions/, no PGlite 
     assert.ok(!/pglite/i.test(specifier), `PGlite in the deployed graph: ${specifier}`);
   }
   assert.ok([...npm].some((s) => s.startsWith("npm:quickjs-emscripten")), "the sandbox is there");
+  // the product runs the asyncify build only; the sync one is the benchmark's yardstick,
+  // registered by the dev entry (dev/sync_build.ts)
+  assert.ok(
+    [...npm].some((s) => s.startsWith("npm:@jitl/quickjs-wasmfile-release-asyncify")),
+    "the asyncify wasm is there",
+  );
+  for (const specifier of npm) {
+    assert.ok(
+      !specifier.startsWith("npm:@jitl/quickjs-wasmfile-release-sync"),
+      `the sync build in the deployed graph: ${specifier}`,
+    );
+  }
+});
+
+Deno.test("the dev entry's graph has the sync build (the check above can fail)", async () => {
+  const modules = await graphOf(new URL("supabase/functions/_shared/quickjs/dev.ts", ROOT));
+  const npm = modules.flatMap((m) => (m.dependencies ?? []).map((d) => d.code?.specifier));
+  assert.ok(npm.some((s) => s?.startsWith("npm:@jitl/quickjs-wasmfile-release-sync")));
 });

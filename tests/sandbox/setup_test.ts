@@ -10,8 +10,12 @@ import {
   TaskVm,
   VENDORED_WASM_DIR,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { registerSyncBuild } from "../../supabase/functions/_shared/quickjs/dev.ts";
 import { readBuildBytes } from "../../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
 import { drive, newVm, resultOf } from "./drive.ts";
+
+// the sync build is compared here; only the dev entry can register it
+registerSyncBuild();
 
 for (const variant of ["asyncify", "sync"] as const) {
   Deno.test(`two fresh VMs (${variant}) have identical runtime and context pointers`, async () => {
@@ -31,12 +35,21 @@ for (const variant of ["asyncify", "sync"] as const) {
 Deno.test("two processes compute the same boot image fingerprint", async () => {
   const vmModule = new URL("../../supabase/functions/_shared/quickjs/mod.ts", import.meta.url);
   const config = new URL("../../deno.json", import.meta.url);
-  const script = `import { getBootImage } from ${JSON.stringify(vmModule.href)};
-    console.log((await getBootImage()).fingerprint);`;
-  // Different working directories, locales and timezones: none may reach the heap.
-  const environments = [
+  // SHIFT_MS moves the wall clock the set-up reads, as if the process started hours later
+  const script = `const shift = Number(Deno.env.get("SHIFT_MS") ?? 0);
+    const realNow = Date.now;
+    Date.now = () => realNow() + shift;
+    const { getBootImage } = await import(${JSON.stringify(vmModule.href)});
+    const boot = await getBootImage();
+    const seed = boot.seedWords.map((address) => boot.image[address >> 2] >>> 0);
+    console.log(JSON.stringify({ fingerprint: boot.fingerprint, seed }));`;
+  // QuickJS seeds Math.random with the time in µs: its high word moves every 2^32 µs
+  const HIGH_WORD_MS = 2 ** 32 / 1000;
+  // Different working directories, locales, timezones and clocks: none may reach the heap.
+  const environments: { cwd: URL; env: Record<string, string> }[] = [
     { cwd: new URL("../..", import.meta.url), env: { LANG: "en_US.UTF-8", TZ: "UTC" } },
     { cwd: new URL("file:///tmp/"), env: { LANG: "de_DE.UTF-8", TZ: "Asia/Tokyo" } },
+    { cwd: new URL("file:///tmp/"), env: { SHIFT_MS: String(3 * HIGH_WORD_MS) } },
   ];
   const fingerprints = await Promise.all(environments.map(async ({ cwd, env }) => {
     const output = await new Deno.Command(Deno.execPath(), {
@@ -48,11 +61,19 @@ Deno.test("two processes compute the same boot image fingerprint", async () => {
     }).output();
     const stderr = new TextDecoder().decode(output.stderr);
     assert.equal(output.code, 0, stderr);
-    return new TextDecoder().decode(output.stdout).trim();
+    return JSON.parse(new TextDecoder().decode(output.stdout)) as {
+      fingerprint: string;
+      seed: number[];
+    };
   }));
-  assert.match(fingerprints[0]!, /^asyncify-[0-9a-f]{12}-[0-9a-f]{32}$/);
-  assert.equal(fingerprints[1], fingerprints[0]);
-  assert.equal((await getBootImage()).fingerprint, fingerprints[0]);
+  const [first, second, later] = fingerprints.map((f) => f.fingerprint);
+  assert.match(first!, /^asyncify-[0-9a-f]{12}-[0-9a-f]{32}$/);
+  assert.equal(second, first);
+  // the shifted clock did reach the seed's high word, and the fingerprint ignores it
+  assert.deepEqual(fingerprints[0]!.seed.length, 2);
+  assert.notEqual(fingerprints[2]!.seed[1], fingerprints[0]!.seed[1]);
+  assert.equal(later, first);
+  assert.equal((await getBootImage()).fingerprint, first);
 });
 
 Deno.test("disposing a VM whose host code leaked a handle throws", async () => {
@@ -94,4 +115,18 @@ Deno.test("without the npm package's wasm (a deployed bundle), the copy prepare-
   } finally {
     await Deno.writeTextFile(record, saved);
   }
+});
+
+Deno.test("without the dev entry, the sync build is not there", async () => {
+  const script = `import { getBuild } from ${
+    JSON.stringify(new URL("../../supabase/functions/_shared/quickjs/mod.ts", import.meta.url).href)
+  };
+    try { await getBuild("sync"); console.log("loaded"); } catch (e) { console.log(e.message); }`;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", fileURLToPath(new URL("../../deno.json", import.meta.url)), script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  assert.match(new TextDecoder().decode(output.stdout), /sync build is not registered/);
 });

@@ -711,7 +711,7 @@ function contractSuite(
         assert.deepEqual(state, { kind: "parked", calls: [1] });
         const [call] = vm.takeCalls();
         assert.deepEqual([call?.service, call?.path, call?.args], ["kv", ["get"], ["a"]]);
-        snapshot = await takeSnapshot(vm);
+        snapshot = await takeSnapshot(vm, { runId: run.id });
       } finally {
         vm.dispose();
       }
@@ -735,7 +735,10 @@ function contractSuite(
       assert.ok(resumed.snapshot);
       assert.deepEqual(resumed.snapshot, snapshot.bytes);
       assert.deepEqual(resumed.snapshotHeader, snapshot.header);
-      const restored = await restoreSnapshot(resumed.snapshot);
+      const { vm: restored } = await restoreSnapshot(resumed.snapshot, {
+        runId: run.id,
+        limits: resolveLimits(resumed.limits),
+      });
       try {
         const [parked] = resumed.calls;
         assert.equal(restored.settle(1, { ok: true, value: parked?.result ?? null }), true);

@@ -110,11 +110,14 @@ export function fakeSnapshotBytes(size = 9000): Uint8Array {
 /** A header shaped like sandbox/snapshot.ts's, parked on `parkedCalls`. */
 export function fakeHeader(parkedCalls: number[], lastCallId: number): SnapshotHeader {
   return {
-    format: 1,
+    format: 2,
+    runId: "run-of-a-fake-header",
+    keyId: null,
     variant: "asyncify",
     packageVersion: "0.32.0",
     wasmSha256: "ab".repeat(32),
     baseline: "cd".repeat(32),
+    seedWords: [[1_050_000, 12345], [1_050_004, 67890]],
     memoryBytes: 16 * 65536,
     stackPointer: 5_242_880,
     heapBreak: 1_048_576,

@@ -15,3 +15,4 @@ export {
 } from "./dev/migrate.ts";
 export { FakeClock, VirtualClock } from "./dev/clocks.ts";
 export { publishTasks, readTaskFile, type TaskFile, taskPaths } from "./dev/task_files.ts";
+export { registerSyncBuild } from "./dev/sync_build.ts";

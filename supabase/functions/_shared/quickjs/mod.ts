@@ -66,7 +66,6 @@ export { supabaseDriver } from "./store/supabase.ts";
 // the sandbox and its snapshots
 export {
   type CallOutcome,
-  getBootImage,
   type HostCall,
   type Json,
   type LogEntry,
@@ -74,6 +73,7 @@ export {
   TaskVm,
   type VmState,
 } from "./sandbox/vm.ts";
+export { getBootImage } from "./sandbox/boot_image.ts";
 export {
   DEFAULT_LIMITS,
   LIMIT_BOUNDS,
@@ -83,10 +83,20 @@ export {
 export {
   incompatibility,
   readSnapshot,
+  type Restored,
+  type RestoreOptions,
   restoreSnapshot,
   type Snapshot,
-  type SnapshotHeader,
+  type TakeOptions,
   takeSnapshot,
 } from "./sandbox/snapshot.ts";
+export {
+  decodeSnapshot,
+  encodeSnapshot,
+  SNAPSHOT_FORMAT,
+  type SnapshotHeader,
+  type SnapshotKey,
+  validateHeader,
+} from "./sandbox/snapshot_codec.ts";
 export { type RunError, SandboxError } from "./sandbox/errors.ts";
 export { BUILD_VARIANT, type BuildVariant, getBuild, VENDORED_WASM_DIR } from "./sandbox/wasm.ts";

@@ -6,14 +6,8 @@
  *
  * The engine does no I/O of its own: the database is the Store, the world is the tools.
  */
-import {
-  type CallOutcome,
-  getBootImage,
-  type HostCall,
-  type Json,
-  TaskVm,
-  type VmState,
-} from "../sandbox/vm.ts";
+import { type CallOutcome, type HostCall, type Json, TaskVm, type VmState } from "../sandbox/vm.ts";
+import { getBootImage } from "../sandbox/boot_image.ts";
 import { restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
 import { type RunError, SandboxError } from "../sandbox/errors.ts";
 import { resolveLimits, type SandboxLimits } from "../sandbox/limits.ts";
@@ -312,8 +306,15 @@ class Invocation {
     }
     const t0 = performance.now();
     if (run.snapshot) {
+      let parked: number[];
       try {
-        this.#vm = await restoreSnapshot(run.snapshot, { now: this.#taskClock });
+        const restored = await restoreSnapshot(run.snapshot, {
+          runId: run.id,
+          limits: this.#limits,
+          now: this.#taskClock,
+        });
+        this.#vm = restored.vm;
+        parked = restored.header.parkedCalls;
       } catch (e) {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
         throw e;
@@ -326,9 +327,8 @@ class Invocation {
         ms: performance.now() - t0,
       });
       this.#system(`restored the VM (attempt ${run.attempts})`);
-      // the restore checked that the VM is parked on exactly the calls its verified header lists
-      const state = this.#vm.state();
-      return await this.#resumeParked(state.kind === "parked" ? state.calls : []);
+      // the parked calls as the verified header lists them (the restore checked the VM agrees)
+      return await this.#resumeParked(parked);
     }
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
@@ -754,7 +754,7 @@ class Invocation {
         entry.wait = { ...wait, journaled: true };
       }
     }
-    const snapshot = await takeSnapshot(vm);
+    const snapshot = await takeSnapshot(vm, { runId: this.#run.id });
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
     let wakeAt: number | null = null;

@@ -6,7 +6,24 @@
  *   [stack, heapBase)    the C stack, growing down from heapBase; dead when the VM idles
  *   [heapBase, break)    the malloc heap: live
  */
-import type { BuildFacts } from "./wasm.ts";
+
+/**
+ * What the snapshot code must know about a build's memory layout, read from its wasm bytes
+ * (wasm.ts: analyseWasm). It lives here, not in wasm.ts, so that the layout depends on
+ * nothing and wasm.ts depends on it, never the other way round.
+ */
+export interface BuildFacts {
+  /** Name of the export whose body is `global.get 0` (emscripten's stackSave). */
+  stackSaveExport: string;
+  /** Initial value of the stack pointer global: top of the C stack and base of the heap. */
+  heapBase: number;
+  /** Address of emscripten's `sbrk_val` (the heap break), initialised to heapBase. */
+  sbrkAddress: number;
+  /** End of the initialised data segments. */
+  dataEnd: number;
+  /** The memory import's minimum, in wasm pages. */
+  minPages: number;
+}
 
 /** Granularity of the diff. The probe found ~22 pages of 4 KiB differ for a small task. */
 export const PAGE_SIZE = 4096;

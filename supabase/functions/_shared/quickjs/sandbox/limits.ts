@@ -129,8 +129,3 @@ export function limitErrorCode(name: string, message: string): SandboxErrorCode 
   if (message === "stack overflow") return "SANDBOX_STACK";
   return undefined;
 }
-
-/** UTF-8 length of a string, for the byte limits. */
-export function utf8Bytes(s: string): number {
-  return new TextEncoder().encode(s).byteLength;
-}

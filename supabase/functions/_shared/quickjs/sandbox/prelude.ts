@@ -303,7 +303,11 @@ export const PRELUDE_SOURCE = String.raw`
       state = "failed";
       return;
     }
-    if (json.length > limits.resultBytes) {
+    // the one check of resultBytes, here so an oversized result never leaves the VM. A
+    // UTF-16 unit is 1 to 3 UTF-8 bytes (a surrogate pair, 2 units, is 4), so the length
+    // alone decides (O(1)) unless it lies within a factor 3 of the limit
+    const max = limits.resultBytes;
+    if (json.length > max || (json.length * 3 > max && utf8Length(json) > max)) {
       failure = { code: "RESULT_TOO_LARGE", name: "LimitError", message: "the task's result is larger than " + limits.resultBytes + " bytes" };
       state = "failed";
       return;

@@ -4,30 +4,36 @@
  * An idle VM (evalCode returned, jobs drained, the task parked on host calls) keeps all
  * of its state in the wasm linear memory; the only mutable wasm global, the C stack
  * pointer, sits at its idle value. A snapshot therefore is the memory, stored as the
- * 4 KiB pages that differ from the boot image (vm.ts: the memory of a fully set-up VM,
- * computed once per process), behind a header that says exactly which build and set-up
- * made it. The header's `baseline` is the boot image's fingerprint.
+ * 4 KiB pages that differ from the boot image (boot_image.ts: the memory of a fully
+ * set-up VM, computed once per process), behind a header that says exactly which run,
+ * build and set-up made it (snapshot_codec.ts: the byte format).
  *
  * Restore = a VM made from the boot image in a fresh module instance with memory of the
- * snapshot's size (vm.ts checks the runtime, context and handles land where the image
- * says), then the snapshot's pages XORed back over its memory.
+ * snapshot's size (the runtime, context and handles must land where the header says),
+ * the snapshotting process's seed words written back, then the snapshot's pages XORed
+ * over its memory.
  *
- * Layout: MAGIC (8) | SHA-256 of everything after it (32) | header length (u32 LE) |
- *         header JSON | body (gzip of: page numbers as u32 LE, then the pages, each XORed
- *         with the boot image's page: the bytes a task did not change become zeros, which
- *         compress to almost nothing).
+ * Body: gzip of the page numbers as u32 LE, then the pages, each XORed with the boot
+ * image's page (the bytes a task did not change become zeros, which compress to almost
+ * nothing).
  */
 import type { SandboxLimits } from "./limits.ts";
 import { SandboxError } from "./errors.ts";
-import { type BuildVariant, getBuild, WASM_PAGE } from "./wasm.ts";
-import { getBootImage, TaskVm, type VmPointers } from "./vm.ts";
+import { getBuild, WASM_PAGE } from "./wasm.ts";
+import { TaskVm } from "./vm.ts";
+import { getBootImage } from "./boot_image.ts";
 import { forEachLivePage, heapBreak, PAGE_SIZE, pageEquals, roundUpToPage } from "./layout.ts";
+import {
+  decodeSnapshot,
+  encodeSnapshot,
+  SNAPSHOT_FORMAT,
+  type SnapshotHeader,
+  type SnapshotKey,
+} from "./snapshot_codec.ts";
 import { gunzipSync, gzipSync } from "node:zlib";
 
-export const SNAPSHOT_FORMAT = 1;
-const MAGIC = new Uint8Array([0x51, 0x4a, 0x53, 0x4e, 0x41, 0x50, 0x00, SNAPSHOT_FORMAT]); // "QJSNAP\0\1"
-const DIGEST_BYTES = 32;
-const PREFIX_BYTES = MAGIC.length + DIGEST_BYTES + 4;
+export type { SnapshotHeader, SnapshotKey } from "./snapshot_codec.ts";
+
 /**
  * zlib level for the body: 6 for the common small body (a few dozen XORed pages, mostly
  * zeros: ~0.2 ms); 1 above 1 MiB, where level 6 spent ~25 ms on a 10k-object heap for
@@ -37,39 +43,43 @@ function gzipLevel(bodyBytes: number): number {
   return bodyBytes > 1024 * 1024 ? 1 : 6;
 }
 
-export interface SnapshotHeader {
-  format: number;
-  variant: BuildVariant;
-  packageVersion: string;
-  wasmSha256: string;
-  /** Fingerprint of the boot image the pages are a diff against. */
-  baseline: string;
-  memoryBytes: number;
-  stackPointer: number;
-  heapBreak: number;
-  pointers: VmPointers;
-  pageSize: number;
-  pageCount: number;
-  /** Size of the body before compression. */
-  bodyBytes: number;
-  codec: "gzip";
-  /** Host calls the task was parked on, in call order. */
-  parkedCalls: number[];
-  /** The task's last call id: calls up to it are in the VM, settled or parked. */
-  lastCallId: number;
-  limits: SandboxLimits;
-  createdAt: string;
-}
-
 export interface Snapshot {
   header: SnapshotHeader;
   bytes: Uint8Array<ArrayBuffer>;
 }
 
+export interface TakeOptions {
+  /** The run the VM belongs to; written into the authenticated header. */
+  runId: string;
+  /** Makes the digest an HMAC with this key (its id goes into the header). */
+  key?: SnapshotKey;
+}
+
+export interface RestoreOptions {
+  /** The run being resumed: a snapshot of another run is refused. */
+  runId: string;
+  /**
+   * The limits of the run's task version. The VM runs under these, never under the
+   * header's; a snapshot whose limits differ is refused, because the memory and stack
+   * limits and the prelude's limits live inside the saved memory.
+   */
+  limits: SandboxLimits;
+  /** The key the snapshot was made with; without it, only an unkeyed snapshot verifies. */
+  key?: SnapshotKey;
+  /** The task's wall clock (ms since the epoch); the host's by default. */
+  now?: () => number;
+}
+
+/** A restored VM and the header it was verified against (parked calls, last call id). */
+export interface Restored {
+  vm: TaskVm;
+  header: SnapshotHeader;
+}
+
 // ---- take ------------------------------------------------------------------------------
 
 /** Snapshots an idle, started VM. The VM stays usable. */
-export async function takeSnapshot(vm: TaskVm): Promise<Snapshot> {
+export async function takeSnapshot(vm: TaskVm, options: TakeOptions): Promise<Snapshot> {
   if (!vm.started) throw new Error("only a started VM can be snapshotted");
   if (!vm.isIdle()) throw new Error("the VM is not idle: jobs are queued or the C stack is live");
   const state = vm.state();
@@ -91,10 +101,13 @@ export async function takeSnapshot(vm: TaskVm): Promise<Snapshot> {
   });
   const header: SnapshotHeader = {
     format: SNAPSHOT_FORMAT,
+    runId: options.runId,
+    keyId: options.key?.id ?? null,
     variant: build.variant,
     packageVersion: build.packageVersion,
     wasmSha256: build.wasmSha256,
     baseline: boot.fingerprint,
+    seedWords: boot.seedWords.map((address) => [address, boot.image[address >> 2]! >>> 0]),
     memoryBytes: vm.instance.memory.buffer.byteLength,
     stackPointer: vm.instance.stackPointer(),
     heapBreak: brk,
@@ -108,39 +121,18 @@ export async function takeSnapshot(vm: TaskVm): Promise<Snapshot> {
     limits: vm.limits,
     createdAt: new Date().toISOString(),
   };
-  return { header, bytes: await encode(header, gzipSync(body, { level: gzipLevel(body.length) })) };
+  const compressed = gzipSync(body, { level: gzipLevel(body.length) });
+  return { header, bytes: await encodeSnapshot(header, compressed, { key: options.key }) };
 }
 
 // ---- read ------------------------------------------------------------------------------
 
-/** Checks the bytes and parses the header. Throws SNAPSHOT_CORRUPT. */
-export async function readSnapshot(
+/** Checks the bytes and parses the header (snapshot_codec.ts). Throws SNAPSHOT_CORRUPT. */
+export function readSnapshot(
   bytes: Uint8Array,
+  options: { key?: SnapshotKey } = {},
 ): Promise<{ header: SnapshotHeader; body: Uint8Array }> {
-  if (bytes.length < PREFIX_BYTES || !MAGIC.every((b, i) => bytes[i] === b)) {
-    if (bytes.length >= 8 && MAGIC.slice(0, 7).every((b, i) => bytes[i] === b)) {
-      throw new SandboxError(
-        "SNAPSHOT_INCOMPATIBLE",
-        `snapshot format ${bytes[7]} is not supported (this build reads format ${SNAPSHOT_FORMAT})`,
-      );
-    }
-    throw new SandboxError("SNAPSHOT_CORRUPT", "not a QuickJS VM snapshot (bad magic bytes)");
-  }
-  const digest = await sha256(bytes.subarray(MAGIC.length + DIGEST_BYTES));
-  if (!digest.every((b, i) => bytes[MAGIC.length + i] === b)) {
-    throw new SandboxError("SNAPSHOT_CORRUPT", "snapshot checksum mismatch: the bytes are damaged");
-  }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLength = view.getUint32(MAGIC.length + DIGEST_BYTES, true);
-  let header: SnapshotHeader;
-  try {
-    header = JSON.parse(
-      new TextDecoder().decode(bytes.subarray(PREFIX_BYTES, PREFIX_BYTES + headerLength)),
-    );
-  } catch (e) {
-    throw new SandboxError("SNAPSHOT_CORRUPT", "snapshot header is not JSON", { cause: e });
-  }
-  return { header, body: bytes.subarray(PREFIX_BYTES + headerLength) };
+  return decodeSnapshot(bytes, options);
 }
 
 /** Why this process cannot restore a snapshot with this header, or undefined if it can. */
@@ -161,20 +153,39 @@ export async function incompatibility(header: SnapshotHeader): Promise<string | 
   if (header.baseline !== boot.fingerprint) {
     return "snapshot made by a different VM setup (prelude, locale or layout changed)";
   }
+  if (
+    JSON.stringify(header.seedWords.map(([address]) => address)) !== JSON.stringify(boot.seedWords)
+  ) {
+    return "snapshot's Math.random seed words are elsewhere than this set-up's";
+  }
   return undefined;
 }
 
 // ---- restore ---------------------------------------------------------------------------
 
 /**
- * A VM restored from snapshot bytes, parked on the calls the header lists. Throws
- * SandboxError SNAPSHOT_CORRUPT or SNAPSHOT_INCOMPATIBLE; never returns a broken VM.
+ * A VM restored from snapshot bytes, parked on the calls the verified header lists.
+ * Throws SandboxError SNAPSHOT_CORRUPT (damaged, another run's, another key's, other
+ * limits) or SNAPSHOT_INCOMPATIBLE (another build or set-up); never returns a broken VM.
  */
 export async function restoreSnapshot(
   bytes: Uint8Array,
-  options: { now?: () => number } = {},
-): Promise<TaskVm> {
-  const { header, body: compressed } = await readSnapshot(bytes);
+  options: RestoreOptions,
+): Promise<Restored> {
+  const { header, body: compressed } = await decodeSnapshot(bytes, { key: options.key });
+  if (header.runId !== options.runId) {
+    throw new SandboxError(
+      "SNAPSHOT_CORRUPT",
+      `snapshot belongs to run ${header.runId}, not to run ${options.runId}`,
+    );
+  }
+  if (canonicalJson(header.limits) !== canonicalJson(options.limits)) {
+    throw new SandboxError(
+      "SNAPSHOT_CORRUPT",
+      `snapshot limits ${canonicalJson(header.limits)} are not the task's ` +
+        canonicalJson(options.limits),
+    );
+  }
   const why = await incompatibility(header);
   if (why) throw new SandboxError("SNAPSHOT_INCOMPATIBLE", why);
   let body: Uint8Array;
@@ -193,7 +204,7 @@ export async function restoreSnapshot(
   let vm: TaskVm;
   try {
     vm = await TaskVm.create({
-      limits: header.limits,
+      limits: options.limits,
       variant: header.variant,
       pages: memoryBytes / WASM_PAGE,
       forRestore: true,
@@ -223,6 +234,10 @@ export async function restoreSnapshot(
     const index = new DataView(body.buffer, body.byteOffset, pageCount * 4);
     // a copy, aligned for Int32Array (node:zlib hands out Buffers that share a pool)
     const data = new Int32Array(new Uint8Array(body.subarray(pageCount * 4)).buffer);
+    // the pages were XORed against the snapshotting process's boot image, whose seed words
+    // differ from this one's: put them back first, or Math.random would resume elsewhere
+    const seeds = new Uint32Array(vm.instance.memory.buffer);
+    for (const [address, value] of header.seedWords) seeds[address >> 2] = value;
     const words = new Int32Array(vm.instance.memory.buffer);
     const lastPage = memoryBytes / PAGE_SIZE;
     for (let i = 0; i < pageCount; i++) {
@@ -231,7 +246,7 @@ export async function restoreSnapshot(
       // the page holds the boot image's (zeros beyond it): XOR gives the task's page back
       unxorPage(words, page, data, i);
     }
-    vm.adoptRestoredState(header.limits);
+    vm.adoptRestoredState(options.limits);
     const state = vm.state();
     if (
       state.kind !== "parked" ||
@@ -243,7 +258,7 @@ export async function restoreSnapshot(
           `(it reports ${JSON.stringify(state)})`,
       );
     }
-    return vm;
+    return { vm, header };
   } catch (e) {
     vm.abandon();
     if (e instanceof SandboxError) throw e;
@@ -281,17 +296,9 @@ function unxorPage(memory: Int32Array, page: number, data: Int32Array, slot: num
   for (let i = 0; i < WORDS; i++) memory[at + i]! ^= data[from + i]!;
 }
 
-async function encode(header: SnapshotHeader, body: Uint8Array): Promise<Uint8Array<ArrayBuffer>> {
-  const headerBytes = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(PREFIX_BYTES + headerBytes.length + body.length);
-  out.set(MAGIC, 0);
-  new DataView(out.buffer).setUint32(MAGIC.length + DIGEST_BYTES, headerBytes.length, true);
-  out.set(headerBytes, PREFIX_BYTES);
-  out.set(body, PREFIX_BYTES + headerBytes.length);
-  out.set(await sha256(out.subarray(MAGIC.length + DIGEST_BYTES)), MAGIC.length);
-  return out;
-}
-
-async function sha256(bytes: Uint8Array): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>));
+/** JSON with sorted keys: two limit objects compare equal whatever their key order. */
+function canonicalJson(value: SandboxLimits): string {
+  return JSON.stringify(
+    Object.fromEntries(Object.entries(value).sort(([a], [b]) => a < b ? -1 : 1)),
+  );
 }

@@ -1,35 +1,31 @@
 /**
- * One task's QuickJS VM: set-up, start, settle a host call, drain the job queue, and
- * report the VM's state as a value (done, failed or parked on calls).
- *
- * Set-up happens once per process in full (runtime, context, bridge, prelude), into the
- * "boot image": that VM's memory. Every VM after that, fresh or restored, gets a new
- * module instance, repeats only the host-side half of the set-up (the runtime and context
- * wrappers, which land at the same addresses, and the bridge's host reference), and has
- * the boot image copied into its memory; a restore then writes the snapshot's pages on
- * top. Parsing the prelude (~2 ms) is paid once per process, not per VM. The handles the
- * host keeps (the prelude's internals) are rebuilt at the addresses the boot image
- * recorded; no other host handle outlives a host call.
+ * One task's QuickJS VM: start, settle a host call, drain the job queue, and report the
+ * VM's state as a value (done, failed or parked on calls). Its set-up comes from the boot
+ * image (boot_image.ts); what it throws becomes a run's error in vm_errors.ts. No host
+ * handle outlives a host call, apart from the prelude's internals the set-up rebuilt.
  */
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
-import { PRELUDE_SOURCE } from "./prelude.ts";
-import {
-  DEFAULT_LIMITS,
-  InterruptWatch,
-  limitErrorCode,
-  type SandboxLimits,
-  utf8Bytes,
-} from "./limits.ts";
+import type { InterruptWatch, SandboxLimits } from "./limits.ts";
 import type { RunError } from "./errors.ts";
+import { BUILD_VARIANT, type BuildVariant, instantiate, type WasmInstance } from "./wasm.ts";
 import {
-  BUILD_VARIANT,
-  type BuildVariant,
-  getBuild,
-  instantiate,
-  type WasmBuild,
-  type WasmInstance,
-} from "./wasm.ts";
-import { deadStackPages, heapBreak, PAGE_SIZE, roundUpToPage } from "./layout.ts";
+  disposeSetup,
+  getBootImage,
+  type HostFunction,
+  type InternalMethod,
+  pointersOf,
+  setUpFromImage,
+  type VmPointers,
+  type VmSetup,
+} from "./boot_image.ts";
+import {
+  isAbort,
+  isModuleSyntaxError,
+  jobError,
+  loadError,
+  toRunError,
+  type VmErrorDescription,
+} from "./vm_errors.ts";
 
 /** JSON-compatible value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -74,29 +70,6 @@ export interface TaskSource {
   filename?: string;
 }
 
-/** Addresses fixed by the setup; a restore must reproduce them exactly. */
-export interface VmPointers {
-  runtime: number;
-  context: number;
-  /** The cached handle of the global object. */
-  global: number;
-  /** The prelude's internals object, then its methods. */
-  handles: number[];
-}
-
-type HostFunction = (
-  id: QuickJSHandle,
-  service: QuickJSHandle,
-  path: QuickJSHandle,
-  args: QuickJSHandle,
-) => void;
-
-/** HostRefMap hands out ids from INT32_MIN; the bridge is the only host function. */
-const BRIDGE_HOST_REF = -2147483648;
-
-const INTERNAL_METHODS = ["configure", "start", "settle", "status", "takeLogs"] as const;
-type InternalMethod = typeof INTERNAL_METHODS[number];
-
 /** A file with a top-level `import` or `export` statement is an ES module. */
 export function isEsModule(code: string): boolean {
   return /^\s*(export\s|export\{|import\s*[\w{*'"])/m.test(stripComments(code));
@@ -110,7 +83,7 @@ export class TaskVm {
   readonly instance: WasmInstance;
   readonly runtime: QuickJSRuntime;
   readonly context: QuickJSContext;
-  #internals: QuickJSHandle;
+  #setup: VmSetup;
   #methods: Record<InternalMethod, QuickJSHandle>;
   #watch: InterruptWatch;
   #limits: SandboxLimits;
@@ -120,33 +93,25 @@ export class TaskVm {
   #crashed = false;
   #disposed = false;
   #started = false;
-  #stderr: string[] = [];
   /** Milliseconds spent inside the VM since it was created or restored. */
   cpuMs = 0;
 
-  private constructor(
-    instance: WasmInstance,
-    runtime: QuickJSRuntime,
-    context: QuickJSContext,
-    internals: QuickJSHandle,
-    methods: Record<InternalMethod, QuickJSHandle>,
-    limits: SandboxLimits,
-    watch: InterruptWatch,
-  ) {
-    this.#watch = watch;
-    this.instance = instance;
-    this.runtime = runtime;
-    this.context = context;
-    this.#internals = internals;
-    this.#methods = methods;
+  private constructor(setup: VmSetup, limits: SandboxLimits) {
+    this.#setup = setup;
+    this.#watch = setup.watch;
+    this.instance = setup.instance;
+    this.runtime = setup.runtime;
+    this.context = setup.context;
+    this.#methods = setup.methods;
     this.#limits = limits;
+    this.#watchHeap();
   }
 
   /**
    * A VM ready to start, from the boot image. `pages` sizes its memory (a restore passes
    * the snapshot's size, so memory never grows from outside). A fresh VM gets a new
-   * Math.random seed; a VM about to be restored keeps the image's, as the snapshot's
-   * pages overwrite it.
+   * Math.random seed; a VM about to be restored keeps the image's, which the restore
+   * replaces with the seed words and pages of the snapshot (snapshot.ts).
    */
   static async create(
     options: {
@@ -164,80 +129,14 @@ export class TaskVm {
       options.pages ?? wasmPagesFor(options.limits, boot.build.facts.heapBase),
       { now: options.now },
     );
-    const vm = TaskVm.#hostSetup(instance, options.limits, (context, runtime, bridge) => {
-      const memory = new Uint8Array(instance.memory.buffer);
-      const image = new Uint8Array(boot.image.buffer);
-      const dead = deadStackPages(boot.build.facts.heapBase);
-      memory.set(image.subarray(0, dead.first * PAGE_SIZE), 0);
-      memory.set(image.subarray(dead.end * PAGE_SIZE), dead.end * PAGE_SIZE);
-      if (!options.forRestore) reseed(instance.memory, boot.seedWords);
-      runtime.hostRefs.put(bridge as never);
-      const heap = context.getMemory(handleValue(runtime, "rt") as never);
-      return boot.pointers.handles.map((pointer) => heap.heapValueHandle(pointer as never));
-    });
-    const pointers = vm.pointers();
-    if (JSON.stringify(pointers) !== JSON.stringify(boot.pointers)) {
-      vm.dispose();
-      throw new Error(
-        `VM set-up is not deterministic: ${JSON.stringify(pointers)} vs the boot image's ` +
-          JSON.stringify(boot.pointers),
-      );
-    }
-    return vm;
-  }
-
-  /**
-   * The host-side half of the set-up: runtime (with its interrupt handler), context, the
-   * cached global handle, and the bridge's host reference. It must run identically, in
-   * the same order, in the boot VM and in every VM made from its image. `finish` supplies
-   * the internals handles: by evaluating the prelude (boot VM) or from the image.
-   */
-  static #hostSetup(
-    instance: WasmInstance,
-    limits: SandboxLimits,
-    finish: (
-      context: QuickJSContext,
-      runtime: QuickJSRuntime,
-      bridge: HostFunction,
-    ) => QuickJSHandle[],
-  ): TaskVm {
-    const runtime = instance.module.newRuntime();
-    keepRuntimeCallbacksUntilFreed(runtime);
-    const watch = new InterruptWatch();
-    runtime.setInterruptHandler(watch.shouldInterrupt);
-    const context = runtime.newContext();
-    // ctx.global is created lazily and cached; create it now so it is part of the set-up.
-    void context.global;
     // deno-lint-ignore prefer-const
     let vm: TaskVm;
     const bridge: HostFunction = (id, service, path, args) => {
       vm.#recordCall(id, service, path, args);
     };
-    const [internals, ...methodHandles] = finish(context, runtime, bridge);
-    // The VM's bridge function object names its host function by this id.
-    if (runtime.hostRefs.get(BRIDGE_HOST_REF as never) !== bridge) {
-      throw new Error("the bridge is not the runtime's first host reference");
-    }
-    const methods = {} as Record<InternalMethod, QuickJSHandle>;
-    INTERNAL_METHODS.forEach((name, i) => (methods[name] = methodHandles[i]!));
-    vm = new TaskVm(instance, runtime, context, internals!, methods, limits, watch);
-    vm.#watchHeap();
+    const setup = setUpFromImage(instance, boot, bridge, { reseed: !options.forRestore });
+    vm = new TaskVm(setup, options.limits);
     return vm;
-  }
-
-  /** The boot VM: the full set-up, prelude included. */
-  static async boot(build: WasmBuild): Promise<TaskVm> {
-    const instance = await instantiate(build);
-    return TaskVm.#hostSetup(instance, { ...DEFAULT_LIMITS }, (context, _runtime, impl) => {
-      const bridge = context.newFunction("__callHostTool__", impl);
-      const prelude = context.unwrapResult(context.evalCode(PRELUDE_SOURCE, "prelude.js"));
-      const internals = context.unwrapResult(
-        context.callFunction(prelude, context.undefined, bridge),
-      );
-      prelude.dispose();
-      bridge.dispose();
-      return [internals, ...INTERNAL_METHODS.map((name) => context.getProp(internals, name))];
-    });
   }
 
   get limits(): SandboxLimits {
@@ -255,14 +154,7 @@ export class TaskVm {
 
   /** The addresses the set-up fixed, for the boot image and the snapshot header. */
   pointers(): VmPointers {
-    return {
-      runtime: handleValue(this.runtime, "rt"),
-      context: handleValue(this.context, "ctx"),
-      global: this.context.global.value as number,
-      handles: [this.#internals, ...INTERNAL_METHODS.map((name) => this.#methods[name])].map((h) =>
-        h.value as number
-      ),
-    };
+    return pointersOf(this.#setup);
   }
 
   /**
@@ -382,18 +274,12 @@ export class TaskVm {
     this.#lastCallId = Math.max(this.#lastCallId, status.lastCallId);
     switch (status.state) {
       case "done": {
-        const resultJson = JSON.stringify(status.result);
-        if (utf8Bytes(resultJson) > this.#limits.resultBytes) {
-          return {
-            kind: "failed",
-            error: {
-              code: "RESULT_TOO_LARGE",
-              name: "LimitError",
-              message: `the task's result is larger than ${this.#limits.resultBytes} bytes`,
-            },
-          };
-        }
-        return { kind: "done", result: status.result ?? null, resultJson };
+        // the prelude refused a result over resultBytes before it left the VM
+        return {
+          kind: "done",
+          result: status.result ?? null,
+          resultJson: JSON.stringify(status.result),
+        };
       }
       case "failed": {
         const error = toRunError(status.error);
@@ -479,10 +365,7 @@ export class TaskVm {
     if (this.#disposed) return;
     this.#disposed = true;
     if (this.#crashed) return; // a trapped instance cannot free; drop it whole
-    for (const name of [...INTERNAL_METHODS].reverse()) this.#methods[name].dispose();
-    this.#internals.dispose();
-    this.context.dispose();
-    this.runtime.dispose();
+    disposeSetup(this.#setup);
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */
@@ -608,145 +491,6 @@ export class TaskVm {
   }
 }
 
-// ---- the boot image ---------------------------------------------------------------------
-
-/** The memory of a fully set-up VM, computed once per process and build variant. */
-export interface BootImage {
-  build: WasmBuild;
-  /** Memory from 0 to `end` (the set-up's heap break, rounded up to a page). */
-  image: Int32Array;
-  end: number;
-  pointers: VmPointers;
-  /**
-   * Word addresses that differ between two set-ups: QuickJS seeds Math.random from the
-   * clock when it creates a context. Fresh VMs get new random words there.
-   */
-  seedWords: number[];
-  /** Pages holding those words; a snapshot always saves them. */
-  volatilePages: Set<number>;
-  /** Identifies the image across processes; a snapshot records the one it was diffed against. */
-  fingerprint: string;
-}
-
-const bootImages = new Map<BuildVariant, Promise<BootImage>>();
-
-export function getBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<BootImage> {
-  let image = bootImages.get(variant);
-  if (!image) {
-    image = computeBootImage(variant);
-    bootImages.set(variant, image);
-    image.catch(() => bootImages.delete(variant));
-  }
-  return image;
-}
-
-async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
-  const build = await getBuild(variant);
-  const a = await TaskVm.boot(build);
-  const b = await TaskVm.boot(build);
-  try {
-    const pointers = a.pointers();
-    if (JSON.stringify(pointers) !== JSON.stringify(b.pointers())) {
-      throw new Error("VM set-up is not deterministic: two set-ups placed the runtime differently");
-    }
-    const facts = build.facts;
-    const end = roundUpToPage(
-      Math.max(heapBreak(a.instance.memory, facts), heapBreak(b.instance.memory, facts)),
-    );
-    const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
-    const other = new Int32Array(b.instance.memory.buffer, 0, end >> 2);
-    const dead = deadStackPages(facts.heapBase);
-    const seedWords: number[] = [];
-    for (let i = 0; i < image.length; i++) {
-      const page = Math.floor((i * 4) / PAGE_SIZE);
-      if (page >= dead.first && page < dead.end) continue;
-      if (image[i] !== other[i]) seedWords.push(i * 4);
-    }
-    // The context's random state is one 64-bit word; anything more is a set-up that
-    // depends on something this code does not pin.
-    if (seedWords.length > 2) {
-      throw new Error(`VM set-up is not deterministic: ${seedWords.length} words differ`);
-    }
-    const canonical = new Int32Array(image);
-    for (const address of seedWords) canonical[address >> 2] = 0;
-    canonical.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", canonical));
-    const hex = Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
-    return {
-      build,
-      image,
-      end,
-      pointers,
-      seedWords,
-      volatilePages: new Set(seedWords.map((address) => Math.floor(address / PAGE_SIZE))),
-      fingerprint: `${build.variant}-${build.wasmSha256.slice(0, 12)}-${hex.slice(0, 32)}`,
-    };
-  } finally {
-    a.dispose();
-    b.dispose();
-  }
-}
-
-/** Gives a fresh VM its own Math.random state (never all zero, which xorshift cannot leave). */
-function reseed(memory: WebAssembly.Memory, seedWords: number[]): void {
-  if (seedWords.length === 0) return;
-  const words = new Uint32Array(memory.buffer);
-  const random = crypto.getRandomValues(new Uint32Array(seedWords.length));
-  seedWords.forEach((address, i) => (words[address >> 2] = random[i]! | 1));
-}
-
-interface VmErrorDescription {
-  code?: string;
-  name: string;
-  message: string;
-  stack?: string;
-  cause?: VmErrorDescription;
-}
-
-function toRunError(e: VmErrorDescription | undefined, depth = 0): RunError {
-  if (!e) return { code: "TASK_ERROR", name: "Error", message: "the task failed" };
-  const code = limitErrorCode(e.name, e.message) ?? e.code ?? "TASK_ERROR";
-  const out: RunError = { code, name: e.name, message: e.message };
-  if (e.stack) out.stack = e.stack;
-  if (e.cause && depth < 8) out.cause = toRunError(e.cause, depth + 1);
-  return out;
-}
-
-/** An error thrown while the task's code loads: a syntax error names line and column. */
-function loadError(dumped: unknown): RunError {
-  const e = (typeof dumped === "object" && dumped !== null ? dumped : {}) as {
-    name?: string;
-    message?: string;
-    stack?: string;
-  };
-  const name = e.name ?? "Error";
-  const message = e.message ?? String(dumped);
-  if (name === "SyntaxError") {
-    const at = /:(\d+):(\d+)/.exec(e.stack ?? "");
-    const where = at ? ` at line ${at[1]}, column ${at[2]}` : "";
-    return { code: "TASK_SYNTAX", name, message: `${message}${where}`, stack: e.stack ?? "" };
-  }
-  return toRunError({ name, message, ...(e.stack ? { stack: e.stack } : {}) });
-}
-
-function jobError(dumped: unknown): RunError {
-  const e = (typeof dumped === "object" && dumped !== null ? dumped : {}) as {
-    name?: string;
-    message?: string;
-    stack?: string;
-  };
-  return toRunError({
-    name: e.name ?? "Error",
-    message: e.message ?? String(dumped),
-    ...(e.stack ? { stack: e.stack } : {}),
-  });
-}
-
-function isModuleSyntaxError(dumped: unknown): boolean {
-  const e = dumped as { name?: string; message?: string } | null;
-  return e?.name === "SyntaxError" && /\b(export|import)\b/.test(e.message ?? "");
-}
-
 /**
  * Memory past the heap limit, for the allocations between two interrupt checks and for
  * QuickJS to build its "out of memory" error when a single allocation fails.
@@ -757,27 +501,4 @@ const MEMORY_HEADROOM_MIN = 4 * 1024 * 1024;
 export function wasmPagesFor(limits: SandboxLimits, heapBase: number): number {
   const headroom = Math.max(MEMORY_HEADROOM_MIN, limits.memoryBytes / 8);
   return Math.ceil((heapBase + limits.memoryBytes + headroom) / 65536);
-}
-
-function isAbort(e: unknown): boolean {
-  return e instanceof Error && /^Aborted\(/.test(e.message);
-}
-
-function handleValue(owner: QuickJSRuntime | QuickJSContext, field: "rt" | "ctx"): number {
-  return (owner as unknown as Record<string, { value: number }>)[field]!.value;
-}
-
-/**
- * quickjs-emscripten 0.32.0's asyncify module forgets a runtime's callbacks BEFORE it
- * frees the runtime (module-asyncify.ts: deleteRuntime, then QTS_FreeRuntime; the sync
- * module does it the other way round). Freeing the runtime runs the finalizers of host
- * functions, which then cannot find their runtime ("HostRef not found") and QuickJS aborts.
- * Each VM owns its module instance, so the callbacks can simply stay registered until
- * the instance is dropped.
- */
-function keepRuntimeCallbacksUntilFreed(runtime: QuickJSRuntime): void {
-  const callbacks = (runtime as unknown as { callbacks?: { deleteRuntime?: unknown } }).callbacks;
-  if (callbacks && typeof callbacks.deleteRuntime === "function") {
-    callbacks.deleteRuntime = () => {};
-  }
 }

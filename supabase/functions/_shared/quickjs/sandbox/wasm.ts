@@ -6,7 +6,6 @@
  */
 import {
   newQuickJSAsyncWASMModuleFromVariant,
-  newQuickJSWASMModuleFromVariant,
   newVariant,
   type QuickJSAsyncWASMModule,
   type QuickJSWASMModule,
@@ -14,13 +13,13 @@ import {
 import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.json" with {
   type: "json",
 };
-import syncPackage from "@jitl/quickjs-wasmfile-release-sync/package.json" with { type: "json" };
-import { DEAD_STACK_BYTES } from "./layout.ts";
+import { type BuildFacts, DEAD_STACK_BYTES } from "./layout.ts";
 
 /**
  * The one build the product runs on. The asyncify build is what lets a host function
  * suspend the C stack (used only where no snapshot can happen, such as module loading);
- * the bridge itself never suspends. `deno task bench` measures it against "sync".
+ * the bridge itself never suspends. `deno task bench` measures it against "sync", which
+ * only the dev entry registers (dev/sync_build.ts), so a deploy never carries it.
  */
 export const BUILD_VARIANT: BuildVariant = "asyncify";
 export type BuildVariant = "asyncify" | "sync";
@@ -38,41 +37,45 @@ export const MAX_WASM_PAGES = 32768;
 const PINNED_THIS_PROGRAM = "qjs";
 const PINNED_LANGUAGE = "en-US";
 
-interface VariantSource {
+/** Where a build's wasm and emscripten glue come from, and how its module is made. */
+export interface VariantSource {
   packageName: string;
   version: string;
   wasmUrl: () => string;
   load: () => Promise<unknown>;
+  /** quickjs-emscripten's module over a variant made by newVariant(). */
+  newModule: (variant: unknown) => Promise<QuickJSAsyncWASMModule | QuickJSWASMModule>;
 }
 
-const SOURCES: Record<BuildVariant, VariantSource> = {
+const SOURCES: Partial<Record<BuildVariant, VariantSource>> = {
   asyncify: {
     packageName: "@jitl/quickjs-wasmfile-release-asyncify",
     version: asyncifyPackage.version,
     wasmUrl: () => import.meta.resolve("@jitl/quickjs-wasmfile-release-asyncify/wasm"),
     // A static import of a variant package fails `deno check`; a dynamic one does not.
     load: () => import("@jitl/quickjs-wasmfile-release-asyncify").then((m) => m.default),
-  },
-  sync: {
-    packageName: "@jitl/quickjs-wasmfile-release-sync",
-    version: syncPackage.version,
-    wasmUrl: () => import.meta.resolve("@jitl/quickjs-wasmfile-release-sync/wasm"),
-    load: () => import("@jitl/quickjs-wasmfile-release-sync").then((m) => m.default),
+    newModule: (variant) => newQuickJSAsyncWASMModuleFromVariant(variant as never),
   },
 };
 
-/** What the snapshot code must know about a build, read from its wasm bytes. */
-export interface BuildFacts {
-  /** Name of the export whose body is `global.get 0` (emscripten's stackSave). */
-  stackSaveExport: string;
-  /** Initial value of the stack pointer global: top of the C stack and base of the heap. */
-  heapBase: number;
-  /** Address of emscripten's `sbrk_val` (the heap break), initialised to heapBase. */
-  sbrkAddress: number;
-  /** End of the initialised data segments. */
-  dataEnd: number;
-  /** The memory import's minimum, in wasm pages. */
-  minPages: number;
+/**
+ * Makes another build available in this process: the dev entry registers the sync build
+ * for the benchmark and the tests that compare against it. The product knows only
+ * BUILD_VARIANT. Registering the same variant twice keeps the first.
+ */
+export function registerVariant(variant: BuildVariant, source: VariantSource): void {
+  SOURCES[variant] ??= source;
+}
+
+function sourceOf(variant: BuildVariant): VariantSource {
+  const source = SOURCES[variant];
+  if (!source) {
+    throw new Error(
+      `the QuickJS ${variant} build is not registered in this process ` +
+        "(only the dev entry registers it: registerSyncBuild() from dev.ts)",
+    );
+  }
+  return source;
 }
 
 export interface WasmBuild {
@@ -106,7 +109,7 @@ export function getBuild(variant: BuildVariant = BUILD_VARIANT): Promise<WasmBui
 export const VENDORED_WASM_DIR = new URL("./wasm/", import.meta.url);
 
 async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
-  const source = SOURCES[variant];
+  const source = sourceOf(variant);
   const bytes = await readBuildBytes(variant);
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
   return {
@@ -128,7 +131,7 @@ export async function readBuildBytes(
   variant: BuildVariant,
   packageUrl?: string,
 ): Promise<Uint8Array<ArrayBuffer>> {
-  const source = SOURCES[variant];
+  const source = sourceOf(variant);
   try {
     return await readWasm(packageUrl ?? source.wasmUrl());
   } catch (packageError) {
@@ -208,11 +211,7 @@ export async function instantiate(
       },
     } as never,
   });
-  const module = await withPinnedLanguage(() =>
-    build.variant === "asyncify"
-      ? newQuickJSAsyncWASMModuleFromVariant(variant as never)
-      : newQuickJSWASMModuleFromVariant(variant as never)
-  );
+  const module = await withPinnedLanguage(() => sourceOf(build.variant).newModule(variant));
   if (module.getWasmMemory() !== memory) throw new Error("QuickJS did not use the given memory");
   const stackSave = exports?.[build.facts.stackSaveExport];
   if (typeof stackSave !== "function") throw new Error("stackSave export not found");

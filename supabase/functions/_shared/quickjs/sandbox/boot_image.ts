@@ -1,0 +1,277 @@
+/**
+ * The set-up every VM shares, and the boot image: the memory of a VM set up in full
+ * (runtime, context, bridge, prelude), computed once per process and build variant.
+ *
+ * Every VM after that, fresh or restored, gets a new module instance, repeats only the
+ * host-side half of the set-up (the runtime and context wrappers, which land at the same
+ * addresses, and the bridge's host reference), and has the boot image copied into its
+ * memory; a restore then writes the snapshot's pages on top. Parsing the prelude (~2 ms)
+ * is paid once per process, not per VM. The handles the host keeps (the prelude's
+ * internals) are rebuilt at the addresses the boot image recorded.
+ */
+import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import { PRELUDE_SOURCE } from "./prelude.ts";
+import { InterruptWatch } from "./limits.ts";
+import {
+  BUILD_VARIANT,
+  type BuildVariant,
+  getBuild,
+  instantiate,
+  type WasmBuild,
+  type WasmInstance,
+} from "./wasm.ts";
+import { deadStackPages, heapBreak, PAGE_SIZE, roundUpToPage } from "./layout.ts";
+
+/** Addresses fixed by the setup; a restore must reproduce them exactly. */
+export interface VmPointers {
+  runtime: number;
+  context: number;
+  /** The cached handle of the global object. */
+  global: number;
+  /** The prelude's internals object, then its methods. */
+  handles: number[];
+}
+
+/** The bridge's host side: `__callHostTool__(id, service, path, args)`. */
+export type HostFunction = (
+  id: QuickJSHandle,
+  service: QuickJSHandle,
+  path: QuickJSHandle,
+  args: QuickJSHandle,
+) => void;
+
+/** HostRefMap hands out ids from INT32_MIN; the bridge is the only host function. */
+const BRIDGE_HOST_REF = -2147483648;
+
+export const INTERNAL_METHODS = ["configure", "start", "settle", "status", "takeLogs"] as const;
+export type InternalMethod = typeof INTERNAL_METHODS[number];
+
+/** A set-up VM: the QuickJS objects and the handles the host keeps. TaskVm owns one. */
+export interface VmSetup {
+  instance: WasmInstance;
+  runtime: QuickJSRuntime;
+  context: QuickJSContext;
+  watch: InterruptWatch;
+  internals: QuickJSHandle;
+  methods: Record<InternalMethod, QuickJSHandle>;
+}
+
+/**
+ * The host-side half of the set-up: runtime (with its interrupt handler), context, the
+ * cached global handle, and the bridge's host reference. It must run identically, in
+ * the same order, in the boot VM and in every VM made from its image. `finish` supplies
+ * the internals handles: by evaluating the prelude (boot VM) or from the image.
+ */
+function setUpHost(
+  instance: WasmInstance,
+  bridge: HostFunction,
+  finish: (context: QuickJSContext, runtime: QuickJSRuntime) => QuickJSHandle[],
+): VmSetup {
+  const runtime = instance.module.newRuntime();
+  keepRuntimeCallbacksUntilFreed(runtime);
+  const watch = new InterruptWatch();
+  runtime.setInterruptHandler(watch.shouldInterrupt);
+  const context = runtime.newContext();
+  // ctx.global is created lazily and cached; create it now so it is part of the set-up.
+  void context.global;
+  const [internals, ...methodHandles] = finish(context, runtime);
+  // The VM's bridge function object names its host function by this id.
+  if (runtime.hostRefs.get(BRIDGE_HOST_REF as never) !== bridge) {
+    throw new Error("the bridge is not the runtime's first host reference");
+  }
+  const methods = {} as Record<InternalMethod, QuickJSHandle>;
+  INTERNAL_METHODS.forEach((name, i) => (methods[name] = methodHandles[i]!));
+  return { instance, runtime, context, watch, internals: internals!, methods };
+}
+
+/** The boot VM: the full set-up, prelude included. */
+async function bootSetup(build: WasmBuild): Promise<VmSetup> {
+  const instance = await instantiate(build);
+  const bridge: HostFunction = () => {
+    throw new Error("the boot VM makes no host calls");
+  };
+  return setUpHost(instance, bridge, (context) => {
+    const bridgeFunction = context.newFunction("__callHostTool__", bridge);
+    const prelude = context.unwrapResult(context.evalCode(PRELUDE_SOURCE, "prelude.js"));
+    const internals = context.unwrapResult(
+      context.callFunction(prelude, context.undefined, bridgeFunction),
+    );
+    prelude.dispose();
+    bridgeFunction.dispose();
+    return [internals, ...INTERNAL_METHODS.map((name) => context.getProp(internals, name))];
+  });
+}
+
+/**
+ * A VM's set-up from the boot image, in a fresh instance. A fresh VM gets a new
+ * Math.random seed; a VM about to be restored keeps the image's, as the snapshot's pages
+ * and seed words overwrite it (snapshot.ts).
+ */
+export function setUpFromImage(
+  instance: WasmInstance,
+  boot: BootImage,
+  bridge: HostFunction,
+  options: { reseed: boolean },
+): VmSetup {
+  const setup = setUpHost(instance, bridge, (context, runtime) => {
+    const memory = new Uint8Array(instance.memory.buffer);
+    const image = new Uint8Array(boot.image.buffer);
+    const dead = deadStackPages(boot.build.facts.heapBase);
+    memory.set(image.subarray(0, dead.first * PAGE_SIZE), 0);
+    memory.set(image.subarray(dead.end * PAGE_SIZE), dead.end * PAGE_SIZE);
+    if (options.reseed) reseed(instance.memory, boot.seedWords);
+    runtime.hostRefs.put(bridge as never);
+    const heap = context.getMemory(handleValue(runtime, "rt") as never);
+    return boot.pointers.handles.map((pointer) => heap.heapValueHandle(pointer as never));
+  });
+  const pointers = pointersOf(setup);
+  if (JSON.stringify(pointers) !== JSON.stringify(boot.pointers)) {
+    disposeSetup(setup);
+    throw new Error(
+      `VM set-up is not deterministic: ${JSON.stringify(pointers)} vs the boot image's ` +
+        JSON.stringify(boot.pointers),
+    );
+  }
+  return setup;
+}
+
+/** The addresses the set-up fixed, for the boot image and the snapshot header. */
+export function pointersOf(setup: VmSetup): VmPointers {
+  const { runtime, context, internals, methods } = setup;
+  return {
+    runtime: handleValue(runtime, "rt"),
+    context: handleValue(context, "ctx"),
+    global: context.global.value as number,
+    handles: [internals, ...INTERNAL_METHODS.map((name) => methods[name])].map((h) =>
+      h.value as number
+    ),
+  };
+}
+
+/**
+ * Frees every handle in reverse order of creation. QuickJS aborts when the runtime
+ * still holds objects someone forgot to free, so a leak fails loudly here.
+ */
+export function disposeSetup(setup: VmSetup): void {
+  for (const name of [...INTERNAL_METHODS].reverse()) setup.methods[name].dispose();
+  setup.internals.dispose();
+  setup.context.dispose();
+  setup.runtime.dispose();
+}
+
+// ---- the boot image ---------------------------------------------------------------------
+
+/** The memory of a fully set-up VM, computed once per process and build variant. */
+export interface BootImage {
+  build: WasmBuild;
+  /** Memory from 0 to `end` (the set-up's heap break, rounded up to a page). */
+  image: Int32Array;
+  end: number;
+  pointers: VmPointers;
+  /**
+   * Word addresses that differ between two set-ups: QuickJS seeds Math.random from the
+   * clock when it creates a context. Fresh VMs get new random words there; their values
+   * in `image` differ from process to process, so a snapshot records them (snapshot.ts).
+   */
+  seedWords: number[];
+  /** Pages holding those words; a snapshot always saves them. */
+  volatilePages: Set<number>;
+  /** Identifies the image across processes; a snapshot records the one it was diffed against. */
+  fingerprint: string;
+}
+
+const bootImages = new Map<BuildVariant, Promise<BootImage>>();
+
+export function getBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<BootImage> {
+  let image = bootImages.get(variant);
+  if (!image) {
+    image = computeBootImage(variant);
+    bootImages.set(variant, image);
+    image.catch(() => bootImages.delete(variant));
+  }
+  return image;
+}
+
+/** The context's random state is one 64-bit word: two 32-bit words, no more. */
+const MAX_SEED_WORDS = 2;
+
+async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
+  const build = await getBuild(variant);
+  const a = await bootSetup(build);
+  const b = await bootSetup(build);
+  try {
+    const pointers = pointersOf(a);
+    if (JSON.stringify(pointers) !== JSON.stringify(pointersOf(b))) {
+      throw new Error("VM set-up is not deterministic: two set-ups placed the runtime differently");
+    }
+    const facts = build.facts;
+    const end = roundUpToPage(
+      Math.max(heapBreak(a.instance.memory, facts), heapBreak(b.instance.memory, facts)),
+    );
+    const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
+    const other = new Int32Array(b.instance.memory.buffer, 0, end >> 2);
+    const dead = deadStackPages(facts.heapBase);
+    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64, with the clock in
+    // microseconds: two set-ups a moment apart differ in its low word only, yet the high
+    // word moves every 2^32 µs (~72 minutes). Both halves are seed words, or the
+    // fingerprint would change with the hour and older snapshots stop restoring elsewhere.
+    const seeds = new Set<number>();
+    for (let i = 0; i < image.length; i++) {
+      const page = Math.floor((i * 4) / PAGE_SIZE);
+      if (page >= dead.first && page < dead.end) continue;
+      if (image[i] !== other[i]) {
+        const state = (i * 4) & ~7;
+        seeds.add(state).add(state + 4);
+      }
+    }
+    const seedWords = [...seeds].sort((x, y) => x - y);
+    // anything more than the seed is a set-up that depends on something this code does not pin
+    if (seedWords.length > MAX_SEED_WORDS) {
+      throw new Error(`VM set-up is not deterministic: ${seedWords.length} words differ`);
+    }
+    const canonical = new Int32Array(image);
+    for (const address of seedWords) canonical[address >> 2] = 0;
+    canonical.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", canonical));
+    const hex = Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
+    return {
+      build,
+      image,
+      end,
+      pointers,
+      seedWords,
+      volatilePages: new Set(seedWords.map((address) => Math.floor(address / PAGE_SIZE))),
+      fingerprint: `${build.variant}-${build.wasmSha256.slice(0, 12)}-${hex.slice(0, 32)}`,
+    };
+  } finally {
+    disposeSetup(a);
+    disposeSetup(b);
+  }
+}
+
+/** Gives a fresh VM its own Math.random state (never all zero, which xorshift cannot leave). */
+function reseed(memory: WebAssembly.Memory, seedWords: number[]): void {
+  if (seedWords.length === 0) return;
+  const words = new Uint32Array(memory.buffer);
+  const random = crypto.getRandomValues(new Uint32Array(seedWords.length));
+  seedWords.forEach((address, i) => (words[address >> 2] = random[i]! | 1));
+}
+
+function handleValue(owner: QuickJSRuntime | QuickJSContext, field: "rt" | "ctx"): number {
+  return (owner as unknown as Record<string, { value: number }>)[field]!.value;
+}
+
+/**
+ * quickjs-emscripten 0.32.0's asyncify module forgets a runtime's callbacks BEFORE it
+ * frees the runtime (module-asyncify.ts: deleteRuntime, then QTS_FreeRuntime; the sync
+ * module does it the other way round). Freeing the runtime runs the finalizers of host
+ * functions, which then cannot find their runtime ("HostRef not found") and QuickJS aborts.
+ * Each VM owns its module instance, so the callbacks can simply stay registered until
+ * the instance is dropped.
+ */
+function keepRuntimeCallbacksUntilFreed(runtime: QuickJSRuntime): void {
+  const callbacks = (runtime as unknown as { callbacks?: { deleteRuntime?: unknown } }).callbacks;
+  if (callbacks && typeof callbacks.deleteRuntime === "function") {
+    callbacks.deleteRuntime = () => {};
+  }
+}
