@@ -139,7 +139,7 @@ function contractSuite(
     },
   );
 
-  // BUG (migration 20261124080000, quickjs.run_json and quickjs.call_json): jsonb_strip_nulls
+  // BUG (migration 20261124080100_quickjs_transitions, quickjs.run_json and quickjs.call_json): jsonb_strip_nulls
   // is recursive, so null fields inside the input and inside call args are removed, and a
   // JSON null input disappears. The task then runs on other input than it was given, and a
   // parked call re-executed from claimRuns().calls sends other args (and record_call then

@@ -1,209 +1,20 @@
--- Durable QuickJS tasks: tables, the run state machine, and its triggers.
+-- Durable QuickJS tasks, 2 of 5: the run state machine.
 --
 -- Every state transition is one SQL function, run in one transaction, guarded by the
 -- lease's fencing token: a worker whose lease was taken over cannot write over newer
--- state. Time is a parameter (p_now, default now()) so tests can move the clock.
--- Errors are raised with SQLSTATE QJ4xx and a stable code in HINT; the store maps them.
--- Applies on plain PostgreSQL 15+ and on Supabase; Supabase-only parts are in the next
--- migration, guarded.
+-- state. Time is a parameter (p_now, default now()) so tests can move the clock. Each
+-- kind of change is written once and shared: a task is looked up by require_task, a lost
+-- lease is handled by lose_lease, a suspended run is queued by wake_run, a run ends by
+-- finish_run, a journal entry that no longer matches the task is replaced by claim_seq.
+-- Errors are raised with quickjs.raise_error only.
 
-create schema if not exists quickjs;
-comment on schema quickjs is 'Durable JavaScript tasks run in a QuickJS sandbox; see README.md.';
-
--- Mirrored by RUN_STATUS in supabase/functions/quickjs/engine/states.ts.
-create type quickjs.run_status as enum (
-  'queued', 'running', 'suspended', 'completed', 'failed', 'cancelled'
-);
-comment on type quickjs.run_status is
-  'queued: claimable at run_at; running: leased to a worker; suspended: VM saved, waiting for '
-  'wake_at or a call to settle; completed/failed/cancelled: final.';
-
--- Mirrored by CALL_STATUS in engine/states.ts.
-create type quickjs.call_status as enum ('pending', 'started', 'succeeded', 'failed');
-comment on type quickjs.call_status is
-  'pending: recorded, waiting (sleep, child run); started: being executed (attempts counts '
-  'executions); succeeded/failed: final, delivered from the journal from then on.';
-
-create sequence quickjs.fencing_tokens;
-comment on sequence quickjs.fencing_tokens is 'One new token per claim; a transition must present the current one.';
-
--- ---- tables -------------------------------------------------------------------------------
-
-create table quickjs.tasks (
-  id uuid primary key default gen_random_uuid(),
-  name text not null unique
-    constraint tasks_name_format check (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$'),
-  latest_version int not null default 0,
-  description text,
-  created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
-);
-comment on table quickjs.tasks is 'Task definitions by name; the code lives in task_versions.';
-
-create table quickjs.task_versions (
-  task_id uuid not null references quickjs.tasks (id) on delete cascade,
-  version int not null check (version > 0),
-  code text not null,
-  code_sha256 text not null,
-  limits jsonb not null default '{}' check (jsonb_typeof(limits) = 'object'),
-  allowed_tools text[],
-  created_at timestamptz not null default now(),
-  primary key (task_id, version)
-);
-comment on table quickjs.task_versions is
-  'Immutable code of each task version. A run pins the version it was created with.';
-comment on column quickjs.task_versions.allowed_tools is
-  'Services the task may call (null: all); names like kv, http, tasks, or a registered service.';
-
-create table quickjs.runs (
-  id uuid primary key default gen_random_uuid(),
-  task_id uuid not null,
-  task_name text not null,
-  task_version int not null,
-  status quickjs.run_status not null default 'queued',
-  input jsonb not null default 'null',
-  result jsonb,
-  error jsonb,
-  attempts int not null default 0,
-  lease_owner text,
-  lease_expires_at timestamptz,
-  fencing_token bigint,
-  lease_expirations int not null default 0,
-  run_at timestamptz not null default now(),
-  wake_at timestamptz,
-  waiting_on jsonb,
-  suspensions int not null default 0,
-  parent_run_id uuid references quickjs.runs (id) on delete set null,
-  parent_call_seq int,
-  depth int not null default 0,
-  owner_id uuid,
-  idempotency_key text,
-  created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now(),
-  started_at timestamptz,
-  finished_at timestamptz,
-  foreign key (task_id, task_version) references quickjs.task_versions (task_id, version),
-  constraint runs_idempotency unique (task_id, idempotency_key),
-  constraint runs_leased check (
-    status <> 'running' or (lease_owner is not null and lease_expires_at is not null and fencing_token is not null)),
-  constraint runs_final check ((status in ('completed', 'failed', 'cancelled')) = (finished_at is not null)),
-  constraint runs_wakeable check (status <> 'suspended' or wake_at is not null or waiting_on ? 'children'),
-  constraint runs_outcome check (status <> 'completed' or (result is not null and error is null))
-);
-comment on table quickjs.runs is
-  'One execution of a task. A suspended run always has a way to wake: wake_at or a child run.';
-comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
-comment on column quickjs.runs.lease_expirations is
-  'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
-comment on column quickjs.runs.waiting_on is 'What a suspended run waits for: {calls, children, wakeAt}.';
-
-create index runs_claim_queued on quickjs.runs (run_at) where status = 'queued';
-create index runs_claim_suspended on quickjs.runs (wake_at) where status = 'suspended';
-create index runs_lease_expiry on quickjs.runs (lease_expires_at) where status = 'running';
-create index runs_parent on quickjs.runs (parent_run_id) where parent_run_id is not null;
-create index runs_owner on quickjs.runs (owner_id, created_at desc) where owner_id is not null;
-
-create table quickjs.calls (
-  run_id uuid not null references quickjs.runs (id) on delete cascade,
-  seq int not null check (seq > 0),
-  service text not null,
-  method_path text[] not null default '{}',
-  args jsonb not null default '[]',
-  mode text not null check (mode in ('inline', 'durable')),
-  status quickjs.call_status not null default 'pending',
-  result jsonb,
-  error jsonb,
-  attempts int not null default 0,
-  idempotency_key text not null,
-  wake_at timestamptz,
-  child_run_id uuid references quickjs.runs (id) on delete set null,
-  created_at timestamptz not null default now(),
-  started_at timestamptz,
-  completed_at timestamptz,
-  primary key (run_id, seq),
-  constraint calls_final check ((status in ('succeeded', 'failed')) = (completed_at is not null))
-);
-comment on table quickjs.calls is
-  'Journal of host calls. A settled call is never executed again: its outcome is delivered from '
-  'here. A call in flight when its worker died is retried with the same idempotency key.';
-
-create table quickjs.snapshots (
-  run_id uuid primary key references quickjs.runs (id) on delete cascade,
-  header jsonb not null,
-  format int not null,
-  variant text not null,
-  package_version text not null,
-  wasm_sha256 text not null,
-  parked_calls int[] not null,
-  last_call_id int not null,
-  size_bytes int not null,
-  bytes bytea not null,
-  created_at timestamptz not null default now()
-);
-comment on table quickjs.snapshots is
-  'The saved VM of a suspended run (its whole wasm memory, as pages that differ from a fresh VM). '
-  'It holds the task''s heap, secrets included: service role only.';
-
-create table quickjs.run_logs (
-  id bigint generated always as identity primary key,
-  run_id uuid not null references quickjs.runs (id) on delete cascade,
-  attempt int not null,
-  level text not null check (level in ('log', 'info', 'warn', 'error', 'debug', 'system')),
-  message text not null,
-  logged_at timestamptz not null
-);
-create index run_logs_run on quickjs.run_logs (run_id, id);
-comment on table quickjs.run_logs is 'console output of runs (level system: the executor''s own notes).';
-
-create table quickjs.kv (
-  key text primary key check (length(key) between 1 and 512),
-  value jsonb not null,
-  secret boolean not null default false,
-  updated_at timestamptz not null default now()
-);
-comment on table quickjs.kv is
-  'Per-project key-value store for tasks (tools.kv). Secret values are kept out of the journal and logs.';
-
-create table quickjs.services (
-  name text primary key check (name ~ '^[A-Za-z][A-Za-z0-9_-]{0,63}$'),
-  url text not null check (url ~ '^https?://'),
-  headers jsonb not null default '{}' check (jsonb_typeof(headers) = 'object'),
-  timeout_ms int not null default 30000 check (timeout_ms between 100 and 900000),
-  description text,
-  created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
-);
-comment on table quickjs.services is
-  'External services tasks call as tools.<name>.<method>(args): a POST of {method, args} to url.';
-
-create table quickjs.settings (
-  key text primary key,
-  value text not null
-);
-comment on table quickjs.settings is
-  'Dispatch settings: dispatch = notify | pg_net | none; function_url for pg_net.';
-insert into quickjs.settings (key, value) values ('dispatch', 'notify');
-
--- ---- helpers ------------------------------------------------------------------------------
-
-create function quickjs.raise_error(p_code text, p_message text, p_sqlstate text default 'QJ400')
-returns void language plpgsql as $$
-begin
-  raise exception using errcode = p_sqlstate, message = p_message, hint = p_code;
-end $$;
-comment on function quickjs.raise_error is 'Raises an error the store maps to StoreError(code = hint).';
-
-create function quickjs.current_user_id() returns uuid language sql stable as $$
-  select nullif(coalesce(
-    nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub',
-    current_setting('request.jwt.claim.sub', true)), '')::uuid
-$$;
-comment on function quickjs.current_user_id is 'The caller''s user id from PostgREST''s JWT claims (null outside PostgREST).';
+-- ---- JSON views of rows ------------------------------------------------------------------
 
 -- Drops the null fields of an object, one level deep: JSON nulls inside user data stay.
 create function quickjs.strip_top_nulls(j jsonb) returns jsonb language sql immutable as $$
   select coalesce(jsonb_object_agg(key, value), '{}') from jsonb_each(j) where value <> 'null'
 $$;
+comment on function quickjs.strip_top_nulls is 'Drops null fields of an object, one level deep.';
 
 create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stable as $$
   select quickjs.strip_top_nulls(jsonb_build_object(
@@ -229,6 +40,9 @@ create function quickjs.call_json(c quickjs.calls) returns jsonb language sql st
     'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at))
     || case when c.status = 'succeeded' then jsonb_build_object('result', c.result) else '{}' end
 $$;
+comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
+
+-- ---- shared steps ------------------------------------------------------------------------
 
 -- Locks a run and checks the caller still holds its lease.
 create function quickjs.lock_leased_run(p_run_id uuid, p_token bigint) returns quickjs.runs
@@ -256,6 +70,101 @@ language sql as $$
          coalesce(to_timestamp((l ->> 'at')::double precision / 1000), now())
   from jsonb_array_elements(coalesce(p_logs, '[]')) as l
 $$;
+comment on function quickjs.append_logs is
+  'Inserts console lines [{level, message, at (ms)}] for a run (no lease check; internal).';
+
+create function quickjs.system_log(r quickjs.runs, p_message text, p_now timestamptz)
+returns void language sql as $$
+  select quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
+    'level', 'system', 'message', p_message, 'at', extract(epoch from p_now) * 1000)))
+$$;
+comment on function quickjs.system_log is 'Appends one of the executor''s own notes (level system) to a run''s log.';
+
+-- A task by id or by name, if it has a published version; the one place a task is looked up.
+create function quickjs.find_task(p_name text, p_id uuid default null) returns quickjs.tasks
+language sql stable as $$
+  select * from quickjs.tasks t
+  where (case when p_id is not null then t.id = p_id else t.name = p_name end)
+    and t.latest_version > 0
+$$;
+comment on function quickjs.find_task is
+  'The task with id p_id (or else name p_name) that has a published version, or a null row.';
+
+create function quickjs.require_task(p_name text, p_id uuid default null) returns quickjs.tasks
+language plpgsql stable as $$
+declare
+  t quickjs.tasks := quickjs.find_task(p_name, p_id);
+begin
+  if t.id is null then
+    perform quickjs.raise_error('TASK_NOT_FOUND',
+      format('task %s does not exist', coalesce(p_id::text, p_name)), 'QJ404');
+  end if;
+  return t;
+end $$;
+comment on function quickjs.require_task is 'find_task, or TASK_NOT_FOUND.';
+
+-- A run is given up as lost after this many leases expired in a row without the worker
+-- reporting back: 5 x the 30 s default lease is 2.5 minutes of a crash loop (a task that
+-- runs the worker out of memory every time), and suspend_run resets the count, so a long
+-- run that makes progress is never failed by it.
+create function quickjs.max_lease_expirations() returns int language sql immutable as $$
+  select 5
+$$;
+comment on function quickjs.max_lease_expirations is
+  'Lost leases in a row after which a run fails with RUN_LEASE_EXPIRED (5).';
+
+-- Every run ends here, whatever ends it: final status, no lease, no snapshot (it held the
+-- task's heap), and the parent told. The caller holds the run's row lock.
+create function quickjs.finish_run(
+  r quickjs.runs, p_status quickjs.run_status, p_result jsonb, p_error jsonb, p_now timestamptz)
+returns quickjs.runs language plpgsql as $$
+begin
+  update quickjs.runs set status = p_status, result = p_result, error = p_error,
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    finished_at = p_now, updated_at = p_now
+  where id = r.id returning * into r;
+  delete from quickjs.snapshots where run_id = r.id;
+  perform quickjs.notify_parent(r, p_now);
+  return r;
+end $$;
+comment on function quickjs.finish_run is
+  'Ends a run (completed, failed or cancelled): drops lease and snapshot, settles the parent''s call.';
+
+-- Every lost lease is handled here (the lease sweep and repair_run): the run goes back to
+-- the queue, counted, or fails once it was lost max_lease_expirations() times in a row.
+-- The caller holds the run's row lock.
+create function quickjs.lose_lease(
+  r quickjs.runs, p_now timestamptz, p_max_expirations int default null)
+returns quickjs.runs language plpgsql as $$
+begin
+  update quickjs.runs set lease_expirations = lease_expirations + 1 where id = r.id
+  returning * into r;
+  if r.lease_expirations >= coalesce(p_max_expirations, quickjs.max_lease_expirations()) then
+    return quickjs.finish_run(r, 'failed', null,
+      jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
+        'message', format('the run''s worker stopped %s times without reporting back '
+          '(crash, platform timeout or out of memory)', r.lease_expirations)),
+      p_now);
+  end if;
+  perform quickjs.system_log(r, format('lease of %s expired; run requeued', r.lease_owner), p_now);
+  update quickjs.runs set status = 'queued', run_at = p_now, lease_owner = null,
+    lease_expires_at = null, updated_at = p_now
+  where id = r.id returning * into r;
+  return r;
+end $$;
+comment on function quickjs.lose_lease is
+  'A run whose worker vanished: requeued and counted, or failed with RUN_LEASE_EXPIRED after '
+  'max_lease_expirations() in a row.';
+
+-- Every suspended run that can continue is queued here (a child ended, a repair, the tick);
+-- the runs_dispatch trigger announces it.
+create function quickjs.wake_run(p_run_id uuid, p_now timestamptz) returns quickjs.runs
+language sql as $$
+  update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
+  where id = p_run_id and status = 'suspended'
+  returning *
+$$;
+comment on function quickjs.wake_run is 'Queues a suspended run now (null if it is not suspended).';
 
 -- ---- tasks --------------------------------------------------------------------------------
 
@@ -291,26 +200,19 @@ comment on function quickjs.publish_task is
 -- Fills in the task of a run inserted by plain SQL: insert into quickjs.runs (task_name, input).
 create function quickjs.runs_before_insert() returns trigger language plpgsql as $$
 declare
-  t quickjs.tasks;
+  t quickjs.tasks := quickjs.require_task(new.task_name, new.task_id);
 begin
-  if new.task_id is not null then
-    select * into t from quickjs.tasks where id = new.task_id;
-  else
-    select * into t from quickjs.tasks where name = new.task_name;
-  end if;
-  if not found or t.latest_version = 0 then
-    perform quickjs.raise_error('TASK_NOT_FOUND',
-      format('task %s does not exist', coalesce(new.task_id::text, new.task_name)), 'QJ404');
-  end if;
   new.task_id := t.id;
   new.task_name := t.name;
   new.task_version := coalesce(new.task_version, t.latest_version);
   return new;
 end $$;
+comment on function quickjs.runs_before_insert is
+  'Trigger: fills in task_id, task_name and task_version of a run inserted by plain SQL.';
 create trigger runs_before_insert before insert on quickjs.runs
   for each row execute function quickjs.runs_before_insert();
 
--- ---- the run state machine ----------------------------------------------------------------
+-- ---- enqueue, claim, heartbeat ------------------------------------------------------------
 
 create function quickjs.enqueue_run(
   p_task text default null, p_task_id uuid default null, p_input jsonb default 'null',
@@ -318,38 +220,24 @@ create function quickjs.enqueue_run(
   p_run_at timestamptz default null, p_now timestamptz default now())
 returns jsonb language plpgsql as $$
 declare
-  t quickjs.tasks;
+  t quickjs.tasks := quickjs.require_task(p_task, p_task_id);
   r quickjs.runs;
 begin
-  if p_task_id is not null then
-    select * into t from quickjs.tasks where id = p_task_id;
-  else
-    select * into t from quickjs.tasks where name = p_task;
-  end if;
-  if not found or t.latest_version = 0 then
-    perform quickjs.raise_error('TASK_NOT_FOUND',
-      format('task %s does not exist', coalesce(p_task_id::text, p_task)), 'QJ404');
-  end if;
-  if p_idempotency_key is not null then
-    insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
-                              created_at, updated_at)
-    values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
-            coalesce(p_run_at, p_now), p_now, p_now)
-    on conflict (task_id, idempotency_key) do nothing
-    returning * into r;
-    if r.id is null then
-      select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key;
-      if r.input is distinct from coalesce(p_input, 'null') or r.owner_id is distinct from p_owner_id then
-        perform quickjs.raise_error('IDEMPOTENCY_CONFLICT', format(
-          'idempotency key %s was used for run %s with a different input', p_idempotency_key, r.id),
-          'QJ409');
-      end if;
-      return quickjs.run_json(r) || '{"created": false}';
+  insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
+                            created_at, updated_at)
+  values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
+          coalesce(p_run_at, p_now), p_now, p_now)
+  on conflict (task_id, idempotency_key) do nothing
+  returning * into r;
+  if r.id is null then
+    -- only a key can conflict (a null key never does)
+    select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key;
+    if r.input is distinct from coalesce(p_input, 'null') or r.owner_id is distinct from p_owner_id then
+      perform quickjs.raise_error('IDEMPOTENCY_CONFLICT', format(
+        'idempotency key %s was used for run %s with a different input', p_idempotency_key, r.id),
+        'QJ409');
     end if;
-  else
-    insert into quickjs.runs (task_id, task_name, input, owner_id, run_at, created_at, updated_at)
-    values (t.id, t.name, coalesce(p_input, 'null'), p_owner_id, coalesce(p_run_at, p_now), p_now, p_now)
-    returning * into r;
+    return quickjs.run_json(r) || '{"created": false}';
   end if;
   return quickjs.run_json(r) || '{"created": true}';
 end $$;
@@ -372,9 +260,12 @@ create function quickjs.claim_json(r quickjs.runs) returns jsonb language sql st
   left join quickjs.snapshots s on s.run_id = r.id
   where v.task_id = r.task_id and v.version = r.task_version
 $$;
+comment on function quickjs.claim_json is
+  'A claimed run for the engine: code, limits, snapshot (base64) and the journal entries that '
+  'matter on resume.';
 
 create function quickjs.requeue_expired_leases(
-  p_now timestamptz default now(), p_max_expirations int default 5)
+  p_now timestamptz default now(), p_max_expirations int default quickjs.max_lease_expirations())
 returns int language plpgsql as $$
 declare
   r quickjs.runs;
@@ -385,27 +276,13 @@ begin
     for update skip locked
   loop
     n := n + 1;
-    if r.lease_expirations + 1 >= p_max_expirations then
-      update quickjs.runs set lease_expirations = lease_expirations + 1 where id = r.id
-      returning * into r;
-      perform quickjs.finish_run(r, 'failed', null,
-        jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
-          'message', format('the run''s worker stopped %s times without reporting back '
-            '(crash, platform timeout or out of memory)', r.lease_expirations)),
-        p_now);
-    else
-      update quickjs.runs set status = 'queued', run_at = p_now, lease_expirations = lease_expirations + 1,
-        lease_owner = null, lease_expires_at = null, updated_at = p_now
-      where id = r.id;
-      perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
-        'level', 'system', 'message', format('lease of %s expired; run requeued', r.lease_owner),
-        'at', extract(epoch from p_now) * 1000)));
-    end if;
+    perform quickjs.lose_lease(r, p_now, p_max_expirations);
   end loop;
   return n;
 end $$;
 comment on function quickjs.requeue_expired_leases is
-  'Gives runs whose worker vanished to another worker; fails them after p_max_expirations.';
+  'Gives runs whose worker vanished to another worker (lose_lease); fails them after '
+  'p_max_expirations.';
 
 create function quickjs.claim_runs(
   p_worker text, p_limit int default 1, p_lease_seconds int default 30,
@@ -453,17 +330,49 @@ begin
 end $$;
 comment on function quickjs.heartbeat is 'Extends the lease of a run the caller holds.';
 
+-- ---- the journal --------------------------------------------------------------------------
+
+-- The one rule for a journal entry at a sequence number: if it is the same call (service,
+-- method path, arguments) it is returned locked, as it is; if it is a different call, the
+-- task took another path than before a crash, so the old entry is deleted, the change is
+-- logged, and the new call gets an idempotency key of its own (a service that deduplicates
+-- must not answer it with the old result). Returns the entry (or a null row) and the key a
+-- new entry takes.
+create function quickjs.claim_seq(
+  r quickjs.runs, p_seq int, p_service text, p_method_path text[], p_args jsonb,
+  p_now timestamptz, out journaled quickjs.calls, out new_key text)
+language plpgsql as $$
+begin
+  select * into journaled from quickjs.calls where run_id = r.id and seq = p_seq for update;
+  new_key := r.id || ':' || p_seq;
+  if not found then
+    journaled := null;
+  elsif journaled.service <> p_service or journaled.method_path <> p_method_path
+        or journaled.args <> p_args then
+    delete from quickjs.calls where run_id = r.id and seq = p_seq;
+    perform quickjs.system_log(r, format(
+      'call %s is now %s.%s; the journal had %s.%s from an earlier attempt', p_seq, p_service,
+      array_to_string(p_method_path, '.'), journaled.service,
+      array_to_string(journaled.method_path, '.')), p_now);
+    new_key := new_key || ':' || left(md5(
+      p_service || ':' || array_to_string(p_method_path, '.') || ':' || p_args::text), 8);
+    journaled := null;
+  end if;
+end $$;
+comment on function quickjs.claim_seq is
+  'The journal entry at p_seq if it is this call; a different one is replaced (deleted, logged, '
+  'and the new call gets its own idempotency key).';
+
 create function quickjs.record_call(
   p_run_id uuid, p_token bigint, p_seq int, p_service text, p_method_path text[], p_args jsonb,
   p_mode text, p_wake_at timestamptz default null, p_now timestamptz default now())
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
-  c quickjs.calls;
-  v_replaced boolean := false;
+  j record := quickjs.claim_seq(r, p_seq, p_service, p_method_path, p_args, p_now);
+  c quickjs.calls := j.journaled;
 begin
-  select * into c from quickjs.calls where run_id = r.id and seq = p_seq for update;
-  if found and c.service = p_service and c.method_path = p_method_path and c.args = p_args then
+  if c.run_id is not null then
     if c.status in ('succeeded', 'failed') then
       return quickjs.call_json(c) || '{"replayed": true}';
     end if;
@@ -475,25 +384,12 @@ begin
     end if;
     return quickjs.call_json(c) || '{"replayed": false}';
   end if;
-  if found then
-    -- the task took another path than before the crash: this is a different call, with a
-    -- key of its own (a service that deduplicates must not answer it with the old result)
-    delete from quickjs.calls where run_id = r.id and seq = p_seq;
-    v_replaced := true;
-    perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
-      'level', 'system', 'at', extract(epoch from p_now) * 1000, 'message', format(
-        'call %s is now %s.%s; the journal had %s.%s from an earlier attempt', p_seq, p_service,
-        array_to_string(p_method_path, '.'), c.service, array_to_string(c.method_path, '.')))));
-  end if;
   insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status, attempts,
                              idempotency_key, wake_at, created_at, started_at)
   values (r.id, p_seq, p_service, p_method_path, p_args, p_mode,
           case when p_mode = 'inline' then 'started' else 'pending' end::quickjs.call_status,
           case when p_mode = 'inline' then 1 else 0 end,
-          r.id || ':' || p_seq || case when v_replaced then ':' || left(md5(
-            p_service || ':' || array_to_string(p_method_path, '.') || ':' || p_args::text), 8)
-            else '' end,
-          p_wake_at, p_now,
+          j.new_key, p_wake_at, p_now,
           case when p_mode = 'inline' then p_now end)
   returning * into c;
   return quickjs.call_json(c) || '{"replayed": false}';
@@ -535,6 +431,9 @@ declare
 begin
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
 end $$;
+comment on function quickjs.append_run_logs is 'Appends console lines for a run the caller holds the lease of.';
+
+-- ---- child runs ---------------------------------------------------------------------------
 
 create function quickjs.start_child(
   p_run_id uuid, p_token bigint, p_seq int, p_task text, p_input jsonb,
@@ -542,20 +441,18 @@ create function quickjs.start_child(
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
-  c quickjs.calls;
+  v_args jsonb := jsonb_build_array(p_task, coalesce(p_input, 'null'));
+  j record := quickjs.claim_seq(r, p_seq, 'tasks', '{execute}', v_args, p_now);
+  c quickjs.calls := j.journaled;
   t quickjs.tasks;
   child quickjs.runs;
-  v_args jsonb := jsonb_build_array(p_task, coalesce(p_input, 'null'));
   v_error jsonb;
 begin
-  select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
-  if found and c.service = 'tasks' and c.method_path = '{execute}' and c.args = v_args then
+  if c.run_id is not null then
     return quickjs.call_json(c) || jsonb_build_object('replayed', c.status in ('succeeded', 'failed'));
-  elsif found then
-    delete from quickjs.calls where run_id = r.id and seq = p_seq;
   end if;
-  select * into t from quickjs.tasks where name = p_task and latest_version > 0;
-  if not found then
+  t := quickjs.find_task(p_task);
+  if t.id is null then
     v_error := jsonb_build_object('code', 'TASK_NOT_FOUND', 'name', 'TaskNotFound',
       'message', format('task %s does not exist', p_task));
   elsif r.depth + 1 > p_max_depth then
@@ -566,7 +463,7 @@ begin
     insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status, error,
                                idempotency_key, created_at, completed_at)
     values (r.id, p_seq, 'tasks', '{execute}', v_args, 'durable', 'failed', v_error,
-            r.id || ':' || p_seq, p_now, p_now)
+            j.new_key, p_now, p_now)
     returning * into c;
     return quickjs.call_json(c) || '{"replayed": false}';
   end if;
@@ -579,7 +476,7 @@ begin
   insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status,
                              idempotency_key, child_run_id, created_at)
   values (r.id, p_seq, 'tasks', '{execute}', v_args, 'durable', 'pending',
-          r.id || ':' || p_seq, child.id, p_now)
+          j.new_key, child.id, p_now)
   returning * into c;
   -- a child that already ended (a retry after a crash) settles the call at once
   if child.status in ('completed', 'failed', 'cancelled') then
@@ -609,6 +506,8 @@ returns void language sql as $$
   where run_id = child.parent_run_id and seq = child.parent_call_seq
     and child_run_id = child.id and status not in ('succeeded', 'failed')
 $$;
+comment on function quickjs.settle_from_child is
+  'Settles the parent''s call with a finished child''s outcome (caller locks the parent).';
 
 -- A child ended: settle the parent's call and wake the parent if it sleeps.
 create function quickjs.notify_parent(child quickjs.runs, p_now timestamptz)
@@ -625,13 +524,16 @@ begin
   end if;
   perform quickjs.settle_from_child(child, p_now);
   -- only if the call is still this child's (a crash and another path may have replaced it)
-  if parent.status = 'suspended' and exists (
+  if exists (
     select 1 from quickjs.calls where run_id = parent.id and seq = child.parent_call_seq
       and child_run_id = child.id and status in ('succeeded', 'failed')) then
-    update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
-    where id = parent.id;
+    perform quickjs.wake_run(parent.id, p_now);
   end if;
 end $$;
+comment on function quickjs.notify_parent is
+  'A child run ended: settles the parent''s call and wakes the parent if it is suspended.';
+
+-- ---- suspending and finishing ------------------------------------------------------------
 
 create function quickjs.suspend_run(
   p_run_id uuid, p_token bigint, p_snapshot text, p_header jsonb, p_wake_at timestamptz,
@@ -680,23 +582,6 @@ end $$;
 comment on function quickjs.suspend_run is
   'Stores the VM snapshot and parks the run until wake_at or a child run ends; queues it at once '
   'if what it waits for already happened.';
-
--- The end of every run, whatever ends it: final status, no lease, no snapshot (it held the
--- task's heap), and the parent told. The caller holds the run's row lock.
-create function quickjs.finish_run(
-  r quickjs.runs, p_status quickjs.run_status, p_result jsonb, p_error jsonb, p_now timestamptz)
-returns quickjs.runs language plpgsql as $$
-begin
-  update quickjs.runs set status = p_status, result = p_result, error = p_error,
-    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-    finished_at = p_now, updated_at = p_now
-  where id = r.id returning * into r;
-  delete from quickjs.snapshots where run_id = r.id;
-  perform quickjs.notify_parent(r, p_now);
-  return r;
-end $$;
-comment on function quickjs.finish_run is
-  'Ends a run (completed, failed or cancelled): drops lease and snapshot, settles the parent''s call.';
 
 create function quickjs.complete_run(
   p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
@@ -755,6 +640,8 @@ comment on function quickjs.cancel_run is
   'Final: cancels a run and its unfinished children. A worker still running it is refused at its '
   'next transition.';
 
+-- ---- reads --------------------------------------------------------------------------------
+
 create function quickjs.get_run(
   p_run_id uuid, p_owner_id uuid default null, p_log_limit int default 1000)
 returns jsonb language sql stable as $$
@@ -772,53 +659,16 @@ create function quickjs.list_calls(p_run_id uuid) returns jsonb language sql sta
   select coalesce(jsonb_agg(quickjs.call_json(c) order by c.seq), '[]')
   from quickjs.calls c where c.run_id = p_run_id
 $$;
+comment on function quickjs.list_calls is 'A run''s whole journal, in call order.';
 
 create function quickjs.get_snapshot(p_run_id uuid) returns jsonb language sql stable as $$
   select jsonb_build_object('runId', s.run_id, 'header', s.header, 'sizeBytes', s.size_bytes,
     'createdAt', s.created_at, 'bytes', encode(s.bytes, 'base64'))
   from quickjs.snapshots s where s.run_id = p_run_id
 $$;
+comment on function quickjs.get_snapshot is 'A run''s snapshot (base64) with its header, for diagnose-vm-state.';
 
-create function quickjs.next_wake_at(p_now timestamptz default now()) returns jsonb
-language sql stable as $$
-  select jsonb_build_object('wakeAt', min(coalesce(wake_at, run_at)))
-  from quickjs.runs
-  where (status = 'suspended' and wake_at is not null) or (status = 'queued' and run_at > p_now)
-$$;
-comment on function quickjs.next_wake_at is 'When the next run becomes due (workers sleep until then).';
-
--- Runs that need an operator: what "stuck" means is spelled out here, in one place.
-create function quickjs.find_stuck_runs(p_now timestamptz default now())
-returns jsonb language sql stable as $$
-  select coalesce(jsonb_agg(x order by x ->> 'since'), '[]') from (
-    select quickjs.run_json(r) || jsonb_build_object('problem', 'lease expired', 'since', r.lease_expires_at) as x
-      from quickjs.runs r where r.status = 'running' and r.lease_expires_at < p_now
-    union all
-    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended without a snapshot', 'since', r.updated_at)
-      from quickjs.runs r where r.status = 'suspended'
-        and not exists (select 1 from quickjs.snapshots s where s.run_id = r.id)
-    union all
-    select quickjs.run_json(r) || jsonb_build_object('problem', 'waiting for children that ended', 'since', r.updated_at)
-      from quickjs.runs r where r.status = 'suspended' and r.wake_at is null
-        and not exists (select 1 from quickjs.runs c where c.parent_run_id = r.id
-          and c.status not in ('completed', 'failed', 'cancelled'))
-        and not exists (select 1 from quickjs.calls k where k.run_id = r.id and k.status in ('succeeded', 'failed')
-          and k.seq = any ((select parked_calls from quickjs.snapshots s where s.run_id = r.id)::int[]))
-    union all
-    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended though a parked call settled', 'since', r.updated_at)
-      from quickjs.runs r join quickjs.snapshots s on s.run_id = r.id
-      where r.status = 'suspended' and r.wake_at is null
-        and exists (select 1 from quickjs.calls k where k.run_id = r.id and k.seq = any (s.parked_calls)
-          and k.status in ('succeeded', 'failed'))
-    union all
-    select quickjs.run_json(r) || jsonb_build_object('problem', 'due but not picked up for 10 minutes', 'since', coalesce(r.wake_at, r.run_at))
-      from quickjs.runs r where (r.status = 'queued' and r.run_at < p_now - interval '10 minutes')
-         or (r.status = 'suspended' and r.wake_at < p_now - interval '10 minutes')
-  ) q
-$$;
-comment on function quickjs.find_stuck_runs is 'Runs in a state that should not last; scripts/diagnose-vm-state.ts lists them.';
-
--- ---- kv and services -------------------------------------------------------------------
+-- ---- kv and services (the tables behind tools.kv and tools.<service>) -------------------
 
 create function quickjs.kv_get(p_key text) returns jsonb language sql stable as $$
   select coalesce(
@@ -826,98 +676,24 @@ create function quickjs.kv_get(p_key text) returns jsonb language sql stable as 
      from quickjs.kv where key = p_key),
     '{"found": false}')
 $$;
+comment on function quickjs.kv_get is 'tools.kv.get: {found, value, secret}.';
 
 create function quickjs.kv_set(p_key text, p_value jsonb, p_secret boolean default false)
 returns void language sql as $$
   insert into quickjs.kv (key, value, secret) values (p_key, coalesce(p_value, 'null'), p_secret)
   on conflict (key) do update set value = excluded.value, secret = excluded.secret, updated_at = now()
 $$;
+comment on function quickjs.kv_set is 'tools.kv.set: stores a value, secret or not.';
 
 create function quickjs.kv_delete(p_key text) returns boolean language plpgsql as $$
 begin
   delete from quickjs.kv where key = p_key;
   return found;
 end $$;
+comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key existed.';
 
 create function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
   select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms)
   from quickjs.services where name = p_name
 $$;
-
--- ---- waking and dispatch -----------------------------------------------------------------
-
--- Tells whoever runs work that a run is ready: NOTIFY for the worker (default), or an HTTP
--- POST to the edge function through pg_net (next migration), or nothing.
-create function quickjs.dispatch(p_run_id uuid) returns void language plpgsql as $$
-declare
-  v_mode text := coalesce((select value from quickjs.settings where key = 'dispatch'), 'notify');
-begin
-  if v_mode = 'notify' then
-    perform pg_notify('quickjs_runs', p_run_id::text);
-  elsif v_mode = 'pg_net' and to_regproc('quickjs.dispatch_http') is not null then
-    execute 'select quickjs.dispatch_http($1)' using p_run_id;
-  end if;
-end $$;
-comment on function quickjs.dispatch is 'Announces a ready run: pg_notify(quickjs_runs), or pg_net when configured.';
-
-create function quickjs.runs_dispatch() returns trigger language plpgsql as $$
-begin
-  if new.status = 'queued' and new.run_at <= now()
-     and (tg_op = 'INSERT' or old.status is distinct from new.status) then
-    perform quickjs.dispatch(new.id);
-  end if;
-  return null;
-end $$;
-create trigger runs_dispatch after insert or update of status on quickjs.runs
-  for each row execute function quickjs.runs_dispatch();
-
-create function quickjs.tick(p_now timestamptz default now()) returns jsonb language plpgsql as $$
-declare
-  v_requeued int := quickjs.requeue_expired_leases(p_now);
-  v_woken int;
-begin
-  with due as (
-    update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
-    where status = 'suspended' and wake_at <= p_now
-    returning 1
-  )
-  select count(*) into v_woken from due;
-  -- queued runs whose dispatch was lost (worker down, pg_net failure) are announced again
-  perform quickjs.dispatch(id) from quickjs.runs
-  where status = 'queued' and run_at <= p_now - interval '1 minute' limit 100;
-  return jsonb_build_object('requeued', v_requeued, 'woken', v_woken);
-end $$;
-comment on function quickjs.tick is
-  'pg_cron calls this every minute: requeues runs whose worker vanished, wakes sleepers that are due.';
-
--- ---- comments on the helpers ------------------------------------------------------------
-
-comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
-comment on function quickjs.append_logs is 'Inserts console lines [{level, message, at (ms)}] for a run (no lease check; internal).';
-comment on function quickjs.append_run_logs is 'Appends console lines for a run the caller holds the lease of.';
-comment on function quickjs.claim_json is 'A claimed run for the engine: code, limits, snapshot (base64) and the journal entries that matter on resume.';
 comment on function quickjs.get_service is 'The registered external service of that name, or null.';
-comment on function quickjs.get_snapshot is 'A run''s snapshot (base64) with its header, for diagnose-vm-state.';
-comment on function quickjs.kv_get is 'tools.kv.get: {found, value, secret}.';
-comment on function quickjs.kv_set is 'tools.kv.set: stores a value, secret or not.';
-comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key existed.';
-comment on function quickjs.list_calls is 'A run''s whole journal, in call order.';
-comment on function quickjs.notify_parent is 'A child run ended: settles the parent''s call and wakes the parent if it is suspended.';
-comment on function quickjs.runs_before_insert is 'Trigger: fills in task_id, task_name and task_version of a run inserted by plain SQL.';
-comment on function quickjs.runs_dispatch is 'Trigger: announces a run that became queued (quickjs.dispatch).';
-comment on function quickjs.settle_from_child is 'Settles the parent''s call with a finished child''s outcome (caller locks the parent).';
-comment on function quickjs.strip_top_nulls is 'Drops null fields of an object, one level deep.';
-
--- ---- row level security ---------------------------------------------------------------------
--- Enabled on every table; with no policy, only the table owner and roles that bypass RLS
--- (Supabase's service_role, postgres) see rows. Policies for Supabase roles come next.
-
-alter table quickjs.tasks enable row level security;
-alter table quickjs.task_versions enable row level security;
-alter table quickjs.runs enable row level security;
-alter table quickjs.calls enable row level security;
-alter table quickjs.snapshots enable row level security;
-alter table quickjs.run_logs enable row level security;
-alter table quickjs.kv enable row level security;
-alter table quickjs.services enable row level security;
-alter table quickjs.settings enable row level security;
