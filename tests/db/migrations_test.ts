@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import postgres from "postgres";
 import { PGlite } from "@electric-sql/pglite";
 import type { TestDb } from "../support/db.ts";
-import { testGroup } from "../support/groups.ts";
+import { SERVER, testGroup } from "../support/groups.ts";
 import { startRun } from "../support/runs.ts";
 import {
   CALL_STATUS,
@@ -16,6 +16,7 @@ import {
   type SqlType,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import {
+  createScratchDb,
   migrate,
   type PgliteDriver,
   pgliteExecutor,
@@ -102,6 +103,63 @@ test("applying the migrations again is a no-op", async (db) => {
   const applied = await withExecutor(db, (executor) => migrate(executor));
   assert.deepEqual(applied, []);
   assert.deepEqual(await count(), before);
+});
+
+test(
+  "two runners migrating one empty database at once apply each migration exactly once",
+  async () => {
+    const scratch = await createScratchDb(SERVER!, "migrate_race", { migrated: false });
+    const a = postgres(scratch.url, { max: 1, onnotice: () => {} });
+    const b = postgres(scratch.url, { max: 1, onnotice: () => {} });
+    let ok = false;
+    try {
+      const files = (await readMigrations()).map((m) => m.version);
+      const [byA, byB] = await Promise.all([
+        migrate(postgresExecutor(a)),
+        migrate(postgresExecutor(b)),
+      ]);
+      assert.deepEqual([...byA, ...byB].sort(), files, "every migration applied by one of them");
+      assert.deepEqual(byA.filter((v) => byB.includes(v)), [], "none applied by both");
+      const rows = await a<{ version: string }[]>`
+      select version from supabase_migrations.schema_migrations order by version`;
+      assert.deepEqual(rows.map((r) => r.version), files);
+      // and the schema is whole: one set of functions, not two attempts at it
+      const [fns] = await a<{ n: number }[]>`
+      select count(*)::int as n from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+      where n.nspname = 'quickjs' and p.proname = 'claim_runs'`;
+      assert.equal(fns!.n, 1);
+      ok = true;
+    } finally {
+      await a.end();
+      await b.end();
+      if (ok) await scratch.drop();
+      else console.log(`[tests] left database ${scratch.name} in place for inspection`);
+    }
+  },
+  { serverOnly: "two runners on two connections need a PostgreSQL server" },
+);
+
+test("a migration that fails leaves neither its changes nor its record", async (db) => {
+  const dir = await Deno.makeTempDir({ prefix: "migrations-" });
+  try {
+    await Deno.writeTextFile(
+      `${dir}/20990101000000_broken.sql`,
+      "create table quickjs.half_done (id int);\nselect 1 / 0;",
+    );
+    await withExecutor(db, async (executor) => {
+      await assert.rejects(migrate(executor, new URL(`file://${dir}/`)), /division by zero/);
+    });
+    const rows = await db.query<{ version: string }>(
+      "select version from supabase_migrations.schema_migrations where version = '20990101000000'",
+    );
+    assert.equal(rows.length, 0, "no record of the failed migration");
+    const [table] = await db.query<{ t: string | null }>(
+      "select to_regclass('quickjs.half_done')::text as t",
+    );
+    assert.equal(table!.t, null);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 test("the migrations apply on a fresh PGlite without the Supabase roles, creating no policies", async () => {
@@ -218,7 +276,7 @@ test("an authenticated user sees only their own runs and their logs", async (db)
   assert.equal(all.logs.length, 3);
 });
 
-// BUG (migration 20261124080000, quickjs.current_user_id): once a session has set
+// BUG (migration 20261124080000_quickjs_schema, quickjs.current_user_id): once a session has set
 // request.jwt.claims (PostgREST does, per transaction), the setting reads back as '' rather
 // than null in later transactions, and ''::jsonb raises "invalid input syntax for type json":
 // every read by authenticated without claims on a reused connection errors instead of

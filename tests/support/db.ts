@@ -1,22 +1,24 @@
 /**
  * A real Postgres for each test file: a fresh database on DATABASE_URL's server, else on a
- * server at 127.0.0.1:5432, else an in-memory PGlite. Migrations are applied as Supabase
- * would (its roles exist first, so the guarded parts run). A database whose tests failed
- * is left in place, and its name printed, so it can be inspected.
+ * server at 127.0.0.1:5432, else an in-memory PGlite. On a server each file's database is a
+ * copy of a template migrated once per set of migrations (dev/scratch_db.ts), as Supabase
+ * would migrate it (its roles exist first, so the guarded parts run). A database whose tests
+ * failed is left in place, and its name printed, so it can be inspected.
  */
 import postgres from "postgres";
-import { PGlite } from "@electric-sql/pglite";
 import {
   postgresDriver,
   type SqlDriver,
   Store,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import {
-  migrate,
-  pgliteDriver,
-  pgliteExecutor,
-  postgresExecutor,
+  createScratchDb,
+  findServer as findAnyServer,
+  migratedPglite,
+  SUPABASE_ROLES,
 } from "../../supabase/functions/_shared/quickjs/dev.ts";
+
+export { SUPABASE_ROLES };
 
 export interface TestDb {
   /** "postgres" (a server) or "pglite". */
@@ -34,34 +36,16 @@ export interface TestDb {
   close(options: { drop: boolean }): Promise<void>;
 }
 
-const LOCAL_URL = "postgres://postgres@127.0.0.1:5432/postgres";
 let serverUrl: Promise<string | null> | undefined;
 let announced = false;
 
-/** DATABASE_URL, or the local server if one answers, or null for PGlite. */
+/** DATABASE_URL, or the local server if one answers, or null for PGlite (QUICKJS_TEST_PGLITE=1). */
 export function findServer(): Promise<string | null> {
-  return serverUrl ??= (async () => {
-    const env = Deno.env.get("DATABASE_URL");
-    if (env) return env;
-    if (Deno.env.get("QUICKJS_TEST_PGLITE") === "1") return null;
-    const sql = postgres(LOCAL_URL, { max: 1, connect_timeout: 2, onnotice: () => {} });
-    try {
-      await sql`select 1`;
-      return LOCAL_URL;
-    } catch {
-      return null;
-    } finally {
-      await sql.end({ timeout: 1 }).catch(() => {});
-    }
-  })();
+  return serverUrl ??= findAnyServer({
+    url: Deno.env.get("DATABASE_URL"),
+    pglite: Deno.env.get("QUICKJS_TEST_PGLITE") === "1",
+  });
 }
-
-export const SUPABASE_ROLES = `
-  do $$ begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin; end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin; end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin bypassrls; end if;
-  end $$;`;
 
 export async function openTestDb(label: string): Promise<TestDb> {
   const server = await findServer();
@@ -76,30 +60,27 @@ export async function openTestDb(label: string): Promise<TestDb> {
   return server ? await openOnServer(server, label) : await openPgliteTestDb();
 }
 
-async function openOnServer(server: string, label: string): Promise<TestDb> {
-  const name = `qjs_t_${label.replace(/\W+/g, "_").toLowerCase().slice(0, 30)}_${
-    Date.now().toString(36)
-  }${Math.floor(Math.random() * 1e4)}`;
-  const admin = postgres(server, { max: 1, onnotice: () => {} });
-  await admin.unsafe(SUPABASE_ROLES);
-  await admin.unsafe(`create database ${name}`);
-  await admin.end();
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
-  await migrate(postgresExecutor(sql));
-  const driver = postgresDriver(url.toString());
+/** A copy of the migrated template on `server`, or an empty database with `migrated: false`. */
+export async function openOnServer(
+  server: string,
+  label: string,
+  options: { migrated?: boolean } = {},
+): Promise<TestDb> {
+  const scratch = await createScratchDb(server, label, options);
+  const { name, url } = scratch;
+  const sql = postgres(url, { max: 1, onnotice: () => {} });
+  const driver = postgresDriver(url);
   const drivers: SqlDriver[] = [driver];
   return {
     kind: "postgres",
-    url: url.toString(),
+    url,
     name,
     driver,
     store: new Store(driver),
     query: async <T>(text: string, params: unknown[] = []) =>
       await sql.unsafe(text, params as never[]) as unknown as T[],
     newDriver() {
-      const extra = postgresDriver(url.toString());
+      const extra = postgresDriver(url);
       drivers.push(extra);
       return extra;
     },
@@ -110,19 +91,15 @@ async function openOnServer(server: string, label: string): Promise<TestDb> {
         console.log(`[tests] left database ${name} in place for inspection: ${url}`);
         return;
       }
-      const admin = postgres(server, { max: 1, onnotice: () => {} });
-      await admin.unsafe(`drop database if exists ${name} with (force)`);
-      await admin.end();
+      await scratch.drop();
     },
   };
 }
 
 /** A migrated in-memory PGlite with the Supabase roles, whatever server is around. */
 export async function openPgliteTestDb(): Promise<TestDb> {
-  const driver = await pgliteDriver();
-  const db: PGlite = driver.db;
-  await db.exec(SUPABASE_ROLES);
-  await migrate(pgliteExecutor(db));
+  const driver = await migratedPglite();
+  const db = driver.db;
   return {
     kind: "pglite",
     name: "pglite",
