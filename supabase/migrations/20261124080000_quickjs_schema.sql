@@ -128,20 +128,25 @@ comment on table quickjs.calls is
 
 create table quickjs.snapshots (
   run_id uuid primary key references quickjs.runs (id) on delete cascade,
-  header jsonb not null,
-  format int not null,
-  variant text not null,
-  package_version text not null,
-  wasm_sha256 text not null,
-  parked_calls int[] not null,
-  last_call_id int not null,
-  size_bytes int not null,
   bytes bytea not null,
+  size_bytes int not null generated always as (octet_length(bytes)) stored,
+  format int not null,
+  wasm_sha256 text not null,
+  memory_bytes bigint not null,
+  last_call_id int not null,
   created_at timestamptz not null default now()
 );
+create index snapshots_build on quickjs.snapshots (format, wasm_sha256);
 comment on table quickjs.snapshots is
   'The saved VM of a suspended run (its whole wasm memory, as pages that differ from a fresh VM). '
   'It holds the task''s heap, secrets included: service role only.';
+comment on column quickjs.snapshots.bytes is
+  'The snapshot, header included (sandbox/snapshot.ts): the only copy of the header. The other '
+  'columns are derived from it when it is stored, to find and size snapshots without reading them.';
+comment on column quickjs.snapshots.format is 'The header''s format: with wasm_sha256, which builds can restore it.';
+comment on column quickjs.snapshots.memory_bytes is 'The VM''s wasm memory: what a restore allocates.';
+comment on column quickjs.snapshots.last_call_id is
+  'The task''s last call id when it was taken: the journal entries after it are new to the VM.';
 
 create table quickjs.run_logs (
   id bigint generated always as identity primary key,

@@ -80,6 +80,13 @@ returns void language sql as $$
 $$;
 comment on function quickjs.system_log is 'Appends one of the executor''s own notes (level system) to a run''s log.';
 
+-- The calls a suspended (or since woken) run's VM is parked on: suspend_run stores them in
+-- waiting_on, beside the snapshot, in the same transaction.
+create function quickjs.parked_calls(r quickjs.runs) returns int[] language sql immutable as $$
+  select array(select jsonb_array_elements_text(coalesce(r.waiting_on -> 'calls', '[]'))::int)
+$$;
+comment on function quickjs.parked_calls is 'The call ids a run''s saved VM is parked on (waiting_on.calls).';
+
 -- A task by id or by name, if it has a published version; the one place a task is looked up.
 create function quickjs.find_task(p_name text, p_id uuid default null) returns quickjs.tasks
 language sql stable as $$
@@ -244,25 +251,24 @@ end $$;
 comment on function quickjs.enqueue_run is
   'Creates a queued run of the task''s latest version; the same idempotency key and input return the same run.';
 
--- A claimed run as the engine needs it: code, limits, snapshot, and the journal entries
--- that matter on resume (the parked calls and everything after the snapshot).
+-- A claimed run as the engine needs it: code, limits, and the journal entries that matter
+-- on resume (the parked calls and everything after the snapshot). The snapshot's bytes
+-- travel beside it, as bytea (claim_runs).
 create function quickjs.claim_json(r quickjs.runs) returns jsonb language sql stable as $$
   select quickjs.run_json(r) || jsonb_build_object(
     'fencingToken', r.fencing_token,
     'code', v.code, 'limits', v.limits, 'allowedTools', to_jsonb(v.allowed_tools),
-    'snapshot', case when s.run_id is null then null else encode(s.bytes, 'base64') end,
-    'snapshotHeader', s.header,
     'calls', coalesce((
       select jsonb_agg(quickjs.call_json(c) order by c.seq) from quickjs.calls c
       where c.run_id = r.id
-        and (s.run_id is null or c.seq > s.last_call_id or c.seq = any (s.parked_calls))), '[]'))
+        and (s.run_id is null or c.seq > s.last_call_id or c.seq = any (quickjs.parked_calls(r)))),
+      '[]'))
   from quickjs.task_versions v
   left join quickjs.snapshots s on s.run_id = r.id
   where v.task_id = r.task_id and v.version = r.task_version
 $$;
 comment on function quickjs.claim_json is
-  'A claimed run for the engine: code, limits, snapshot (base64) and the journal entries that '
-  'matter on resume.';
+  'A claimed run for the engine: code, limits and the journal entries that matter on resume.';
 
 create function quickjs.requeue_expired_leases(
   p_now timestamptz default now(), p_max_expirations int default quickjs.max_lease_expirations())
@@ -287,19 +293,20 @@ comment on function quickjs.requeue_expired_leases is
 create function quickjs.claim_runs(
   p_worker text, p_limit int default 1, p_lease_seconds int default 30,
   p_run_id uuid default null, p_now timestamptz default now())
-returns jsonb language plpgsql as $$
+returns table (run jsonb, snapshot bytea) language plpgsql as $$
 declare
-  v_claimed jsonb;
   -- p_now usually comes from a JavaScript clock (milliseconds) while run_at may come from
   -- now() (microseconds): a run enqueued in the same millisecond is due too
   v_due timestamptz := p_now + interval '999 microseconds';
 begin
   perform quickjs.requeue_expired_leases(p_now);
+  return query
   with picked as (
-    select id from quickjs.runs
-    where (p_run_id is null or id = p_run_id)
-      and ((status = 'queued' and run_at <= v_due) or (status = 'suspended' and wake_at <= v_due))
-    order by coalesce(wake_at, run_at), created_at
+    select r.id from quickjs.runs r
+    where (p_run_id is null or r.id = p_run_id)
+      and ((r.status = 'queued' and r.run_at <= v_due)
+        or (r.status = 'suspended' and r.wake_at <= v_due))
+    order by coalesce(r.wake_at, r.run_at), r.created_at
     limit greatest(p_limit, 1)
     for update skip locked
   ), claimed as (
@@ -311,11 +318,12 @@ begin
     from picked where r.id = picked.id
     returning r.*
   )
-  select coalesce(jsonb_agg(quickjs.claim_json(c)), '[]') into v_claimed from claimed c;
-  return v_claimed;
+  select quickjs.claim_json(c), s.bytes
+  from claimed c left join quickjs.snapshots s on s.run_id = c.id;
 end $$;
 comment on function quickjs.claim_runs is
-  'Leases up to p_limit due runs (queued, or suspended past wake_at) with a new fencing token.';
+  'Leases up to p_limit due runs (queued, or suspended past wake_at) with a new fencing token: '
+  'one row each, the run (claim_json) and its snapshot bytes (null on a first run).';
 
 create function quickjs.heartbeat(
   p_run_id uuid, p_token bigint, p_lease_seconds int default 30, p_now timestamptz default now())
@@ -536,28 +544,26 @@ comment on function quickjs.notify_parent is
 -- ---- suspending and finishing ------------------------------------------------------------
 
 create function quickjs.suspend_run(
-  p_run_id uuid, p_token bigint, p_snapshot text, p_header jsonb, p_wake_at timestamptz,
-  p_waiting_on jsonb, p_logs jsonb default '[]', p_now timestamptz default now())
+  p_run_id uuid, p_token bigint, p_snapshot bytea, p_format int, p_wasm_sha256 text,
+  p_memory_bytes bigint, p_last_call_id int, p_wake_at timestamptz, p_waiting_on jsonb,
+  p_logs jsonb default '[]', p_now timestamptz default now())
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
-  v_parked int[] := array(select jsonb_array_elements_text(p_header -> 'parkedCalls')::int);
-  v_bytes bytea := decode(p_snapshot, 'base64');
+  v_parked int[];
   v_ready boolean;
 begin
+  update quickjs.runs set waiting_on = p_waiting_on where id = r.id returning * into r;
+  v_parked := quickjs.parked_calls(r);
   if cardinality(v_parked) = 0 then
     perform quickjs.raise_error('NOT_PARKED', 'a snapshot must list the calls the VM is parked on');
   end if;
-  insert into quickjs.snapshots (run_id, header, format, variant, package_version, wasm_sha256,
-    parked_calls, last_call_id, size_bytes, bytes, created_at)
-  values (r.id, p_header, (p_header ->> 'format')::int, p_header ->> 'variant',
-    p_header ->> 'packageVersion', p_header ->> 'wasmSha256', v_parked,
-    (p_header ->> 'lastCallId')::int, length(v_bytes), v_bytes, p_now)
-  on conflict (run_id) do update set header = excluded.header, format = excluded.format,
-    variant = excluded.variant, package_version = excluded.package_version,
-    wasm_sha256 = excluded.wasm_sha256, parked_calls = excluded.parked_calls,
-    last_call_id = excluded.last_call_id, size_bytes = excluded.size_bytes,
-    bytes = excluded.bytes, created_at = excluded.created_at;
+  insert into quickjs.snapshots (run_id, bytes, format, wasm_sha256, memory_bytes, last_call_id,
+                                 created_at)
+  values (r.id, p_snapshot, p_format, p_wasm_sha256, p_memory_bytes, p_last_call_id, p_now)
+  on conflict (run_id) do update set bytes = excluded.bytes, format = excluded.format,
+    wasm_sha256 = excluded.wasm_sha256, memory_bytes = excluded.memory_bytes,
+    last_call_id = excluded.last_call_id, created_at = excluded.created_at;
   -- a call that settled while the run was running (a child that ended meanwhile) or a wake
   -- time already passed: continue at once instead of sleeping
   v_ready := (p_wake_at is not null and p_wake_at <= p_now) or exists (
@@ -571,7 +577,7 @@ begin
     status = case when v_ready then 'queued' else 'suspended' end::quickjs.run_status,
     run_at = case when v_ready then p_now else run_at end,
     wake_at = case when v_ready then null else p_wake_at end,
-    waiting_on = p_waiting_on, suspensions = suspensions + 1,
+    suspensions = suspensions + 1,
     -- progress was saved: lost leases count again from zero
     lease_expirations = 0,
     lease_owner = null, lease_expires_at = null, updated_at = p_now
@@ -580,8 +586,9 @@ begin
   return quickjs.run_json(r);
 end $$;
 comment on function quickjs.suspend_run is
-  'Stores the VM snapshot and parks the run until wake_at or a child run ends; queues it at once '
-  'if what it waits for already happened.';
+  'Stores the VM snapshot (bytes, and the columns derived from its header) and parks the run on '
+  'p_waiting_on.calls until wake_at or a child run ends; queues it at once if what it waits for '
+  'already happened.';
 
 create function quickjs.complete_run(
   p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
@@ -661,12 +668,15 @@ create function quickjs.list_calls(p_run_id uuid) returns jsonb language sql sta
 $$;
 comment on function quickjs.list_calls is 'A run''s whole journal, in call order.';
 
-create function quickjs.get_snapshot(p_run_id uuid) returns jsonb language sql stable as $$
-  select jsonb_build_object('runId', s.run_id, 'header', s.header, 'sizeBytes', s.size_bytes,
-    'createdAt', s.created_at, 'bytes', encode(s.bytes, 'base64'))
+create function quickjs.get_snapshot(p_run_id uuid) returns table (snapshot jsonb, bytes bytea)
+language sql stable as $$
+  select jsonb_build_object('runId', s.run_id, 'sizeBytes', s.size_bytes, 'format', s.format,
+    'wasmSha256', s.wasm_sha256, 'memoryBytes', s.memory_bytes, 'lastCallId', s.last_call_id,
+    'createdAt', s.created_at), s.bytes
   from quickjs.snapshots s where s.run_id = p_run_id
 $$;
-comment on function quickjs.get_snapshot is 'A run''s snapshot (base64) with its header, for diagnose-vm-state.';
+comment on function quickjs.get_snapshot is
+  'A run''s snapshot: what the columns say of it (jsonb) and its bytes (no row: none).';
 
 -- ---- kv and services (the tables behind tools.kv and tools.<service>) -------------------
 

@@ -19,12 +19,12 @@ returns jsonb language sql stable as $$
         and not exists (select 1 from quickjs.runs c where c.parent_run_id = r.id
           and c.status not in ('completed', 'failed', 'cancelled'))
         and not exists (select 1 from quickjs.calls k where k.run_id = r.id and k.status in ('succeeded', 'failed')
-          and k.seq = any ((select parked_calls from quickjs.snapshots s where s.run_id = r.id)::int[]))
+          and k.seq = any (quickjs.parked_calls(r)))
     union all
     select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended though a parked call settled', 'since', r.updated_at)
       from quickjs.runs r join quickjs.snapshots s on s.run_id = r.id
       where r.status = 'suspended' and r.wake_at is null
-        and exists (select 1 from quickjs.calls k where k.run_id = r.id and k.seq = any (s.parked_calls)
+        and exists (select 1 from quickjs.calls k where k.run_id = r.id and k.seq = any (quickjs.parked_calls(r))
           and k.status in ('succeeded', 'failed'))
     union all
     select quickjs.run_json(r) || jsonb_build_object('problem', 'due but not picked up for 10 minutes', 'since', coalesce(r.wake_at, r.run_at))
@@ -52,8 +52,8 @@ begin
   if not found then
     perform quickjs.raise_error('RUN_NOT_FOUND', format('run %s does not exist', p_run_id), 'QJ404');
   end if;
-  select parked_calls into v_parked from quickjs.snapshots where run_id = r.id;
-  v_has_snapshot := found;
+  v_parked := quickjs.parked_calls(r);
+  v_has_snapshot := exists (select 1 from quickjs.snapshots where run_id = r.id);
 
   if r.status = 'running' and r.lease_expires_at < p_now then
     -- the worker vanished: what the lease sweep does, for this run only
@@ -132,15 +132,13 @@ language sql stable as $$
     'snapshots', coalesce((
       select jsonb_agg(jsonb_build_object(
           'runId', s.run_id, 'task', r.task_name, 'taskVersion', r.task_version,
-          'status', r.status, 'sizeBytes', s.size_bytes,
-          'memoryBytes', (s.header ->> 'memoryBytes')::bigint,
-          'pageCount', (s.header ->> 'pageCount')::int, 'variant', s.variant,
-          'packageVersion', s.package_version, 'createdAt', s.created_at)
+          'status', r.status, 'sizeBytes', s.size_bytes, 'memoryBytes', s.memory_bytes,
+          'format', s.format, 'wasmSha256', s.wasm_sha256, 'createdAt', s.created_at)
         order by s.size_bytes desc, s.created_at)
       from (select * from quickjs.snapshots order by size_bytes desc, created_at
             limit greatest(p_limit, 0)) s
       join quickjs.runs r on r.id = s.run_id), '[]'))
 $$;
 comment on function quickjs.list_snapshots is
-  'The p_limit largest snapshots (run, task, stored size, VM memory, created) and the count and '
+  'The p_limit largest snapshots (run, task, stored size, VM memory, build, created) and the count and '
   'total size of all of them: a capacity view for diagnose-vm-state.';

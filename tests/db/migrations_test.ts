@@ -1,7 +1,8 @@
 /**
  * The migrations: they apply on a fresh database (server or PGlite, with or without
- * Supabase's roles), once; they secure every table; and the TypeScript mirrors of the SQL
- * (RUN_STATUS, CALL_STATUS, OPERATIONS) cannot drift from it.
+ * Supabase's roles), once, also with two runners at once; they secure every table; and the
+ * TypeScript mirrors of the enums (RUN_STATUS, CALL_STATUS) cannot drift from them. OPERATIONS
+ * is checked against pg_proc in tests/store/contract_test.ts.
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
@@ -9,12 +10,7 @@ import { PGlite } from "@electric-sql/pglite";
 import type { TestDb } from "../support/db.ts";
 import { SERVER, testGroup } from "../support/groups.ts";
 import { startRun } from "../support/runs.ts";
-import {
-  CALL_STATUS,
-  OPERATIONS,
-  RUN_STATUS,
-  type SqlType,
-} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { CALL_STATUS, RUN_STATUS } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import {
   createScratchDb,
   migrate,
@@ -321,39 +317,4 @@ test("the enum values of run_status and call_status equal RUN_STATUS and CALL_ST
     )).map((r) => r.label);
   assert.deepEqual(await values("quickjs.run_status"), Object.values(RUN_STATUS));
   assert.deepEqual(await values("quickjs.call_status"), Object.values(CALL_STATUS));
-});
-
-test("every operation in OPERATIONS is one SQL function with exactly those parameter names and types", async (db) => {
-  const sqlTypeName: Record<SqlType, string> = {
-    text: "text",
-    uuid: "uuid",
-    jsonb: "jsonb",
-    int: "integer",
-    bigint: "bigint",
-    boolean: "boolean",
-    timestamptz: "timestamp with time zone",
-    "text[]": "text[]",
-  };
-  const functions = await db.query<{ name: string; args: { name: string; type: string }[] }>(
-    `select p.proname as name,
-            coalesce((select jsonb_agg(jsonb_build_object('name', a.name,
-                        'type', format_type(a.type, null)) order by a.n)
-                      from unnest(p.proargnames, p.proargtypes::oid[]) with ordinality
-                        as a(name, type, n)), '[]') as args
-     from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-     where n.nspname = 'quickjs' and p.proname = any($1::text[])`,
-    [Object.keys(OPERATIONS)],
-  );
-  for (const [op, params] of Object.entries(OPERATIONS)) {
-    const found = functions.filter((f) => f.name === op);
-    assert.equal(found.length, 1, `quickjs.${op} exists exactly once (no overloads)`);
-    const expected = Object.fromEntries(
-      Object.entries(params as Record<string, SqlType>).map(([name, type]) => [
-        name,
-        sqlTypeName[type],
-      ]),
-    );
-    const actual = Object.fromEntries(found[0]!.args.map((a) => [a.name, a.type]));
-    assert.deepEqual(actual, expected, `the parameters of quickjs.${op}`);
-  }
 });

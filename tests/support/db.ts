@@ -33,7 +33,18 @@ export interface TestDb {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
   /** Another driver on its own connection (postgres) or the same instance (pglite). */
   newDriver(): SqlDriver;
-  close(options: { drop: boolean }): Promise<void>;
+  /** Closes this test's connections (the database stays; see TestDbFile.finish). */
+  close(): Promise<void>;
+}
+
+/**
+ * A test file's database. Each test gets its own connections to it (`connect`, closed when
+ * the test ends), so nothing a test opened outlives it and Deno's leak sanitizers can be on.
+ */
+export interface TestDbFile {
+  connect(): Promise<TestDb>;
+  /** After the file's last test: drops the database, or leaves it and prints its name. */
+  finish(options: { drop: boolean }): Promise<void>;
 }
 
 let serverUrl: Promise<string | null> | undefined;
@@ -47,7 +58,8 @@ export function findServer(): Promise<string | null> {
   });
 }
 
-export async function openTestDb(label: string): Promise<TestDb> {
+/** This file's database: a copy of the migrated template on the server, else a PGlite. */
+export async function openTestDb(label: string): Promise<TestDbFile> {
   const server = await findServer();
   if (!announced) {
     announced = true;
@@ -65,28 +77,34 @@ export async function openOnServer(
   server: string,
   label: string,
   options: { migrated?: boolean } = {},
-): Promise<TestDb> {
+): Promise<TestDbFile> {
   const scratch = await createScratchDb(server, label, options);
   const { name, url } = scratch;
-  const sql = postgres(url, { max: 1, onnotice: () => {} });
-  const driver = postgresDriver(url);
-  const drivers: SqlDriver[] = [driver];
   return {
-    kind: "postgres",
-    url,
-    name,
-    driver,
-    store: new Store(driver),
-    query: async <T>(text: string, params: unknown[] = []) =>
-      await sql.unsafe(text, params as never[]) as unknown as T[],
-    newDriver() {
-      const extra = postgresDriver(url);
-      drivers.push(extra);
-      return extra;
+    connect: () => {
+      const sql = postgres(url, { max: 1, onnotice: () => {} });
+      const driver = postgresDriver(url);
+      const drivers: SqlDriver[] = [driver];
+      return Promise.resolve({
+        kind: "postgres",
+        url,
+        name,
+        driver,
+        store: new Store(driver),
+        query: async <T>(text: string, params: unknown[] = []) =>
+          await sql.unsafe(text, params as never[]) as unknown as T[],
+        newDriver() {
+          const extra = postgresDriver(url);
+          drivers.push(extra);
+          return extra;
+        },
+        async close() {
+          await Promise.all(drivers.map((d) => d.close()));
+          await sql.end();
+        },
+      });
     },
-    async close({ drop }) {
-      await Promise.all(drivers.map((d) => d.close()));
-      await sql.end();
+    async finish({ drop }) {
       if (!drop) {
         console.log(`[tests] left database ${name} in place for inspection: ${url}`);
         return;
@@ -97,18 +115,23 @@ export async function openOnServer(
 }
 
 /** A migrated in-memory PGlite with the Supabase roles, whatever server is around. */
-export async function openPgliteTestDb(): Promise<TestDb> {
+export async function openPgliteTestDb(): Promise<TestDbFile> {
   const driver = await migratedPglite();
   const db = driver.db;
+  const shared = { ...driver, close: () => Promise.resolve() };
   return {
-    kind: "pglite",
-    name: "pglite",
-    driver,
-    store: new Store(driver),
-    query: async <T>(text: string, params: unknown[] = []) =>
-      (await db.query(text, params)).rows as T[],
-    newDriver: () => ({ ...driver, close: () => Promise.resolve() }),
-    close: async () => await driver.close(),
+    connect: () =>
+      Promise.resolve({
+        kind: "pglite",
+        name: "pglite",
+        driver: shared,
+        store: new Store(shared),
+        query: async <T>(text: string, params: unknown[] = []) =>
+          (await db.query(text, params)).rows as T[],
+        newDriver: () => shared,
+        close: () => Promise.resolve(),
+      }),
+    finish: () => driver.close(),
   };
 }
 
@@ -126,6 +149,12 @@ export interface TestOptions {
    * needs several connections at once).
    */
   serverOnly?: boolean | string;
+  /**
+   * false (with the reason as a string) turns Deno's op and resource sanitizers off for a
+   * test that cannot end with everything it started finished, such as one that leaves a
+   * subprocess's pipes to the runtime.
+   */
+  sanitize?: boolean | string;
 }
 
 export type GroupTest = (
@@ -136,19 +165,25 @@ export type GroupTest = (
 
 /**
  * Registers the tests of a file that share one database (default: openTestDb(label)). The
- * database is opened by the first test that runs and closed after the last; it is dropped
+ * database is made by the first test that runs and finished after the last; it is dropped
  * only if all of them passed, otherwise its name is printed and it is left for inspection.
- * Ignored tests do not count, so they do not keep the database open.
+ * Each test has connections of its own, closed when it ends, and runs with Deno's op and
+ * resource sanitizers on unless `sanitize: false` says why not. Ignored tests do not count,
+ * so they do not keep the database open.
  */
 export function dbTests(
   label: string,
-  open: () => Promise<TestDb> = () => openTestDb(label),
-): { test: GroupTest; db: () => Promise<TestDb> } {
-  let db: Promise<TestDb> | undefined;
+  open: () => Promise<TestDbFile> = () => openTestDb(label),
+): { test: GroupTest } {
+  // PGlite runs Postgres's own timeouts (lock and statement timers, setitimer) as JavaScript
+  // timers that one query starts and a later one clears: they outlive the test that started
+  // them, and Deno counts timers under both sanitizers, so neither can be on for a PGlite
+  // database. On a server every test opens and closes its own connections, and both are on.
+  const pglite = open === openPgliteTestDb || !SERVER;
+  let file: Promise<TestDbFile> | undefined;
   let failed = false;
   let registered = 0;
   let finished = 0;
-  const get = () => db ??= open();
   const test: GroupTest = (name, fn, options = {}) => {
     const reason = (options.ignore && !RUN_KNOWN_BUGS ? String(options.ignore) : undefined) ||
       (options.serverOnly && !SERVER
@@ -162,21 +197,27 @@ export function dbTests(
       return;
     }
     registered++;
+    const sanitize = typeof options.sanitize === "string" ? false : options.sanitize ?? true;
     Deno.test({
       name,
-      sanitizeOps: false,
-      sanitizeResources: false,
+      sanitizeOps: sanitize && !pglite,
+      sanitizeResources: sanitize && !pglite,
       fn: async (t) => {
         try {
-          await fn(await get(), t);
+          const db = await (await (file ??= open())).connect();
+          try {
+            await fn(db, t);
+          } finally {
+            await db.close();
+          }
         } catch (e) {
           failed = true;
           throw e;
         } finally {
-          if (++finished === registered) await (await get()).close({ drop: !failed });
+          if (++finished === registered) await (await file!).finish({ drop: !failed });
         }
       },
     });
   };
-  return { test, db: get };
+  return { test };
 }

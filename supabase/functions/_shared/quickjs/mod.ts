@@ -44,13 +44,23 @@ export {
   type PublishedTask,
   type RepairResult,
   type RunView,
+  type SnapshotInfo,
   type SnapshotList,
   type SqlDriver,
   Store,
   StoreError,
   type WaitingOn,
 } from "./store/store.ts";
-export { OPERATIONS, type SqlType } from "./store/operations.ts";
+export {
+  byteaFromHex,
+  byteaHex,
+  type Operation,
+  type OperationArgs,
+  type OperationResult,
+  OPERATIONS,
+  paramType,
+  type SqlType,
+} from "./store/operations.ts";
 export { postgresDriver } from "./store/postgres.ts";
 export { supabaseDriver } from "./store/supabase.ts";
 

@@ -7,7 +7,7 @@
  * The engine does no I/O of its own: the database is the Store, the world is the tools.
  */
 import { type CallOutcome, type HostCall, type Json, TaskVm, type VmState } from "../sandbox/vm.ts";
-import { restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
+import { readSnapshot, restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
 import { type RunError, SandboxError } from "../sandbox/errors.ts";
 import { resolveLimits, type SandboxLimits } from "../sandbox/limits.ts";
 import {
@@ -282,7 +282,7 @@ class Invocation {
         ms: performance.now() - t0,
       });
       this.#system(`restored the VM (attempt ${run.attempts})`);
-      return await this.#resumeParked(run.snapshotHeader?.parkedCalls ?? []);
+      return await this.#resumeParked((await readSnapshot(run.snapshot)).header.parkedCalls);
     }
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
