@@ -15,6 +15,7 @@ import {
   type SnapshotInfo,
   type SnapshotList,
   type Store,
+  type StuckRun,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { shorten } from "./format.ts";
 
@@ -230,7 +231,7 @@ export async function restoreDryRun(store: Store, runId: string): Promise<Restor
   }
 }
 
-export type StuckRun = RunView & { problem: string; since: string };
+export type { StuckRun };
 
 export interface StuckReport {
   stuck: StuckRun[];

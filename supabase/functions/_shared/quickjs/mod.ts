@@ -49,6 +49,7 @@ export {
   type SqlDriver,
   Store,
   StoreError,
+  type StuckRun,
   type WaitingOn,
 } from "./store/store.ts";
 export {
