@@ -101,6 +101,11 @@ create index runs_claim_suspended on quickjs.runs (wake_at) where status = 'susp
 create index runs_lease_expiry on quickjs.runs (lease_expires_at) where status = 'running';
 create index runs_parent on quickjs.runs (parent_run_id) where parent_run_id is not null;
 create index runs_owner on quickjs.runs (owner_id, created_at desc) where owner_id is not null;
+comment on index quickjs.runs_claim_queued is 'claim_runs: queued runs by when they are due.';
+comment on index quickjs.runs_claim_suspended is 'claim_runs and the tick: sleepers by wake time.';
+comment on index quickjs.runs_lease_expiry is 'The lease sweep: running runs by lease expiry.';
+comment on index quickjs.runs_parent is 'A run''s children (cancel_run, find_stuck_runs).';
+comment on index quickjs.runs_owner is 'A user''s runs, newest first (the authenticated read policy).';
 
 create table quickjs.calls (
   run_id uuid not null references quickjs.runs (id) on delete cascade,
@@ -137,6 +142,8 @@ create table quickjs.snapshots (
   created_at timestamptz not null default now()
 );
 create index snapshots_build on quickjs.snapshots (format, wasm_sha256);
+comment on index quickjs.snapshots_build is
+  'Snapshots by the build that made them: which ones a new build cannot restore.';
 comment on table quickjs.snapshots is
   'The saved VM of a suspended run (its whole wasm memory, as pages that differ from a fresh VM). '
   'It holds the task''s heap, secrets included: service role only.';
@@ -157,6 +164,7 @@ create table quickjs.run_logs (
   logged_at timestamptz not null
 );
 create index run_logs_run on quickjs.run_logs (run_id, id);
+comment on index quickjs.run_logs_run is 'A run''s log lines in order (get_run reads the last ones).';
 comment on table quickjs.run_logs is 'console output of runs (level system: the executor''s own notes).';
 
 create table quickjs.kv (

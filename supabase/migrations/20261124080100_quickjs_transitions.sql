@@ -218,6 +218,7 @@ comment on function quickjs.runs_before_insert is
   'Trigger: fills in task_id, task_name and task_version of a run inserted by plain SQL.';
 create trigger runs_before_insert before insert on quickjs.runs
   for each row execute function quickjs.runs_before_insert();
+comment on trigger runs_before_insert on quickjs.runs is 'See quickjs.runs_before_insert().';
 
 -- ---- enqueue, claim, heartbeat ------------------------------------------------------------
 

@@ -28,6 +28,7 @@ end $$;
 comment on function quickjs.runs_dispatch is 'Trigger: announces a run that became queued (quickjs.dispatch).';
 create trigger runs_dispatch after insert or update of status on quickjs.runs
   for each row execute function quickjs.runs_dispatch();
+comment on trigger runs_dispatch on quickjs.runs is 'See quickjs.runs_dispatch().';
 
 create function quickjs.tick(p_now timestamptz default now()) returns jsonb language plpgsql as $$
 declare

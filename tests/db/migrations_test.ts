@@ -220,6 +220,33 @@ test("every table in schema quickjs has row level security enabled and a comment
   }
 });
 
+test("every function, type, trigger and index the migrations create in schema quickjs has a comment", async (db) => {
+  const missing = await db.query<{ kind: string; name: string }>(
+    `select 'function' as kind, p.oid::regprocedure::text as name from pg_proc p
+       where p.pronamespace = 'quickjs'::regnamespace and obj_description(p.oid, 'pg_proc') is null
+     union all
+     select 'type', t.typname from pg_type t
+       where t.typnamespace = 'quickjs'::regnamespace and t.typtype = 'e'
+         and obj_description(t.oid, 'pg_type') is null
+     union all
+     select 'sequence', c.relname from pg_class c
+       where c.relnamespace = 'quickjs'::regnamespace and c.relkind = 'S'
+         and not exists (select 1 from pg_depend d where d.objid = c.oid and d.deptype in ('a', 'i'))
+         and obj_description(c.oid, 'pg_class') is null
+     union all
+     select 'trigger', t.tgname from pg_trigger t join pg_class c on c.oid = t.tgrelid
+       where c.relnamespace = 'quickjs'::regnamespace and not t.tgisinternal
+         and obj_description(t.oid, 'pg_trigger') is null
+     union all
+     select 'index', c.relname from pg_index i join pg_class c on c.oid = i.indexrelid
+       where c.relnamespace = 'quickjs'::regnamespace
+         and not exists (select 1 from pg_constraint k where k.conindid = i.indexrelid)
+         and obj_description(c.oid, 'pg_class') is null
+     order by 1, 2`,
+  );
+  assert.deepEqual(missing.map((m) => `${m.kind} ${m.name}`), []);
+});
+
 test("an authenticated user sees only their own runs and their logs", async (db) => {
   const { store } = db;
   const alice = crypto.randomUUID();
