@@ -24,6 +24,7 @@ import {
   uniqueName,
 } from "../support/runs.ts";
 import {
+  hasDefault,
   type Operation,
   OPERATIONS,
   paramType,
@@ -100,6 +101,7 @@ function contractSuite(
         args: { name: string; type: string }[];
         returns: string;
         set: boolean;
+        defaults: number;
         columns: { name: string; type: string }[];
       }>(
         `select p.proname as name,
@@ -108,6 +110,7 @@ function contractSuite(
                           from unnest(p.proargnames[1:p.pronargs], p.proargtypes::oid[])
                             with ordinality as a(name, type, n)), '[]') as args,
                 format_type(p.prorettype, null) as returns, p.proretset as set,
+                p.pronargdefaults::int as defaults,
                 coalesce((select jsonb_agg(jsonb_build_object('name', a.name,
                             'type', format_type(a.type, null)) order by a.n)
                           from unnest(p.proargnames, p.proallargtypes, p.proargmodes::text[])
@@ -129,6 +132,12 @@ function contractSuite(
         );
         const actual = Object.fromEntries(fn.args.map((a) => [a.name, a.type]));
         assert.deepEqual(actual, expected, `the parameters of quickjs.${op}`);
+        assert.deepEqual(
+          Object.entries(declared.params as Record<string, Param>)
+            .filter(([, param]) => hasDefault(param)).map(([name]) => name),
+          fn.args.slice(fn.args.length - fn.defaults).map((a) => a.name),
+          `the parameters of quickjs.${op} that have a default`,
+        );
         const returns: Result = declared.returns;
         if (returns.kind === "scalar") {
           assert.deepEqual(

@@ -55,6 +55,7 @@ export {
 export {
   byteaFromHex,
   byteaHex,
+  hasDefault,
   type Operation,
   type OperationArgs,
   type OperationResult,

@@ -56,12 +56,26 @@ export interface JsonbParam<T> {
   readonly [TS]?: T;
 }
 
-/** A parameter: its SQL type, or jsonb with the TypeScript type of its value. */
-export type Param = SqlType | JsonbParam<unknown>;
+/** A parameter with a default in SQL: it may be left out. */
+export interface Defaulted<P extends SqlType | JsonbParam<unknown>> {
+  readonly defaulted: P;
+}
+
+/** A parameter: its SQL type, or jsonb with the TypeScript type of its value; maybe defaulted. */
+export type Param =
+  | SqlType
+  | JsonbParam<unknown>
+  | Defaulted<SqlType | JsonbParam<unknown>>;
 
 /** The SQL type of a parameter declaration. */
 export function paramType(param: Param): SqlType {
-  return typeof param === "string" ? param : param.sql;
+  if (typeof param === "string") return param;
+  return "defaulted" in param ? paramType(param.defaulted) : param.sql;
+}
+
+/** Whether the SQL function has a default for the parameter. */
+export function hasDefault(param: Param): boolean {
+  return typeof param !== "string" && "defaulted" in param;
 }
 
 /** The result of an operation: one scalar column, or rows of named jsonb / bytea columns. */
@@ -73,6 +87,9 @@ export type Result =
 export type Typed<R extends Result, T> = R & { readonly [TS]?: T };
 
 const jsonb = <T>(): JsonbParam<T> => ({ sql: "jsonb" });
+const d = <P extends SqlType | JsonbParam<unknown>>(param: P): Defaulted<P> => ({
+  defaulted: param,
+});
 const returnsJsonb = <T>(): Typed<{ kind: "scalar"; sql: "jsonb" }, T> => ({
   kind: "scalar",
   sql: "jsonb",
@@ -96,31 +113,31 @@ export const OPERATIONS = {
     params: {
       p_name: "text",
       p_code: "text",
-      p_description: "text",
-      p_limits: jsonb<Record<string, number>>(),
-      p_allowed_tools: "text[]",
+      p_description: d("text"),
+      p_limits: d(jsonb<Record<string, number>>()),
+      p_allowed_tools: d("text[]"),
     },
     returns: returnsJsonb<PublishedTask>(),
   },
   enqueue_run: {
     params: {
-      p_task: "text",
-      p_task_id: "uuid",
-      p_input: "jsonb",
-      p_idempotency_key: "text",
-      p_owner_id: "uuid",
-      p_run_at: "timestamptz",
-      p_now: "timestamptz",
+      p_task: d("text"),
+      p_task_id: d("uuid"),
+      p_input: d("jsonb"),
+      p_idempotency_key: d("text"),
+      p_owner_id: d("uuid"),
+      p_run_at: d("timestamptz"),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<RunView>(),
   },
   claim_runs: {
     params: {
       p_worker: "text",
-      p_limit: "int",
-      p_lease_seconds: "int",
-      p_run_id: "uuid",
-      p_now: "timestamptz",
+      p_limit: d("int"),
+      p_lease_seconds: d("int"),
+      p_run_id: d("uuid"),
+      p_now: d("timestamptz"),
     },
     returns: returnsRows<{ run: ClaimJson; snapshot: Uint8Array | null }>({
       run: "jsonb",
@@ -128,7 +145,12 @@ export const OPERATIONS = {
     }),
   },
   heartbeat: {
-    params: { p_run_id: "uuid", p_token: "bigint", p_lease_seconds: "int", p_now: "timestamptz" },
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_lease_seconds: d("int"),
+      p_now: d("timestamptz"),
+    },
     returns: returnsJsonb<{ leaseExpiresAt: string }>(),
   },
   record_call: {
@@ -140,8 +162,8 @@ export const OPERATIONS = {
       p_method_path: "text[]",
       p_args: jsonb<Json[]>(),
       p_mode: "text",
-      p_wake_at: "timestamptz",
-      p_now: "timestamptz",
+      p_wake_at: d("timestamptz"),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<CallRecord>(),
   },
@@ -152,8 +174,8 @@ export const OPERATIONS = {
       p_seq: "int",
       p_task: "text",
       p_input: "jsonb",
-      p_max_depth: "int",
-      p_now: "timestamptz",
+      p_max_depth: d("int"),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<CallRecord>(),
   },
@@ -163,10 +185,10 @@ export const OPERATIONS = {
       p_token: "bigint",
       p_seq: "int",
       p_ok: "boolean",
-      p_result: "jsonb",
-      p_error: "jsonb",
-      p_logs: jsonb<LogLine[]>(),
-      p_now: "timestamptz",
+      p_result: d("jsonb"),
+      p_error: d("jsonb"),
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<CallRecord>(),
   },
@@ -185,8 +207,8 @@ export const OPERATIONS = {
       p_last_call_id: "int",
       p_wake_at: "timestamptz",
       p_waiting_on: jsonb<WaitingOn>(),
-      p_logs: jsonb<LogLine[]>(),
-      p_now: "timestamptz",
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<RunView>(),
   },
@@ -195,8 +217,8 @@ export const OPERATIONS = {
       p_run_id: "uuid",
       p_token: "bigint",
       p_result: "jsonb",
-      p_logs: jsonb<LogLine[]>(),
-      p_now: "timestamptz",
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<RunView>(),
   },
@@ -205,21 +227,26 @@ export const OPERATIONS = {
       p_run_id: "uuid",
       p_token: "bigint",
       p_error: jsonb<RunError>(),
-      p_logs: jsonb<LogLine[]>(),
-      p_now: "timestamptz",
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
     },
     returns: returnsJsonb<RunView>(),
   },
   cancel_run: {
-    params: { p_run_id: "uuid", p_reason: "text", p_owner_id: "uuid", p_now: "timestamptz" },
+    params: {
+      p_run_id: "uuid",
+      p_reason: d("text"),
+      p_owner_id: d("uuid"),
+      p_now: d("timestamptz"),
+    },
     returns: returnsJsonb<RunView>(),
   },
   requeue_expired_leases: {
-    params: { p_now: "timestamptz", p_max_expirations: "int" },
+    params: { p_now: d("timestamptz"), p_max_expirations: d("int") },
     returns: returnsInt,
   },
   get_run: {
-    params: { p_run_id: "uuid", p_owner_id: "uuid", p_log_limit: "int" },
+    params: { p_run_id: "uuid", p_owner_id: d("uuid"), p_log_limit: d("int") },
     returns: returnsJsonb<RunView | null>(),
   },
   list_calls: { params: { p_run_id: "uuid" }, returns: returnsJsonb<CallRecord[]>() },
@@ -230,44 +257,55 @@ export const OPERATIONS = {
       bytes: "bytea",
     }),
   },
-  find_stuck_runs: { params: { p_now: "timestamptz" }, returns: returnsJsonb<StuckRun[]>() },
+  find_stuck_runs: { params: { p_now: d("timestamptz") }, returns: returnsJsonb<StuckRun[]>() },
   tick: {
-    params: { p_now: "timestamptz" },
+    params: { p_now: d("timestamptz") },
     returns: returnsJsonb<{ requeued: number; woken: number }>(),
   },
   next_wake_at: {
-    params: { p_now: "timestamptz" },
+    params: { p_now: d("timestamptz") },
     returns: returnsJsonb<{ wakeAt: string | null }>(),
   },
   kv_get: { params: { p_key: "text" }, returns: returnsJsonb<KvEntry>() },
   kv_set: {
-    params: { p_key: "text", p_value: "jsonb", p_secret: "boolean" },
+    params: { p_key: "text", p_value: "jsonb", p_secret: d("boolean") },
     returns: returnsVoid,
   },
   kv_delete: { params: { p_key: "text" }, returns: returnsBoolean },
   get_service: { params: { p_name: "text" }, returns: returnsJsonb<ServiceRow | null>() },
   repair_run: {
-    params: { p_run_id: "uuid", p_now: "timestamptz" },
+    params: { p_run_id: "uuid", p_now: d("timestamptz") },
     returns: returnsJsonb<RepairResult>(),
   },
-  list_snapshots: { params: { p_limit: "int" }, returns: returnsJsonb<SnapshotList>() },
+  list_snapshots: { params: { p_limit: d("int") }, returns: returnsJsonb<SnapshotList>() },
 } as const satisfies Record<string, { params: Record<string, Param>; returns: Result }>;
 
 export type Operation = keyof typeof OPERATIONS;
 
-type ParamValue<P> = P extends SqlType ? SqlValues[P]
+type ParamValue<P> = P extends Defaulted<infer Q> ? ParamValue<Q>
+  : P extends SqlType ? SqlValues[P]
   : P extends JsonbParam<infer T> ? T
   : never;
 
+type Params<Op extends Operation> = typeof OPERATIONS[Op]["params"];
+type DefaultedKeys<Op extends Operation> = {
+  [K in keyof Params<Op>]: Params<Op>[K] extends Defaulted<SqlType | JsonbParam<unknown>> ? K
+    : never;
+}[keyof Params<Op>];
+
 /**
- * The arguments of an operation by parameter name. Each may be left out (the function's
- * default applies) or null (SQL null).
+ * The arguments of an operation by parameter name: those without a default in SQL must be
+ * given, the others may be left out (the default applies); any may be null (SQL null).
  */
-export type OperationArgs<Op extends Operation> = {
-  -readonly [K in keyof typeof OPERATIONS[Op]["params"]]?:
-    | ParamValue<typeof OPERATIONS[Op]["params"][K]>
-    | null;
-};
+export type OperationArgs<Op extends Operation> =
+  & {
+    -readonly [K in Exclude<keyof Params<Op>, DefaultedKeys<Op>>]:
+      | ParamValue<Params<Op>[K]>
+      | null;
+  }
+  & {
+    -readonly [K in DefaultedKeys<Op>]?: ParamValue<Params<Op>[K]> | null;
+  };
 
 /** What an operation returns, decoded (jsonb as JSON, bytea as Uint8Array, void as undefined). */
 export type OperationResult<Op extends Operation> = typeof OPERATIONS[Op]["returns"] extends
