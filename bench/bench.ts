@@ -26,8 +26,12 @@ import {
   ToolRegistry,
   type VmState,
 } from "../supabase/functions/_shared/quickjs/mod.ts";
-import { registerSyncBuild } from "../supabase/functions/_shared/quickjs/dev.ts";
-import { openTestDb, type TestDb } from "../tests/support/db.ts";
+import {
+  findServer,
+  openScratchStore,
+  registerSyncBuild,
+  type ScratchStore,
+} from "../supabase/functions/_shared/quickjs/dev.ts";
 import { createApp } from "../supabase/functions/quickjs/http/app.ts";
 
 // the sync build is the yardstick only: the dev entry registers it, the product never does
@@ -168,7 +172,7 @@ async function measureVariants(reps: number, roundtrips: number) {
 
 // ---- (2) suspend and resume through the store --------------------------------------------
 
-async function measureStoreCycle(db: TestDb, cycles: number) {
+async function measureStoreCycle(db: ScratchStore, cycles: number) {
   const store = db.store;
   await store.publishTask({ name: "bench-cycle", code: CYCLE_TASK });
   const run = await store.enqueueRun({ task: "bench-cycle", input: {} });
@@ -357,7 +361,7 @@ async function measureResumeAfterCalls(ns: number[], reps: number) {
  * A trivial run start to finish: enqueue, claim, fresh VM, run, complete (engine), and the
  * same through `POST /quickjs/runs` with `wait` (auth, validation, then a GET of the run).
  */
-async function measureEndToEnd(db: TestDb, reps: number) {
+async function measureEndToEnd(db: ScratchStore, reps: number) {
   const store = db.store;
   const engine = new Engine({ store, tools: new ToolRegistry(store), workerId: "bench" });
   const app = createApp({
@@ -493,7 +497,14 @@ async function bench(options: { quick: boolean; log: (line: string) => void }) {
   ) as Record<keyof VariantFigures, number>;
 
   log("store: opening the database");
-  const db = await openTestDb("bench");
+  // DATABASE_URL, else a local server, else PGlite (QUICKJS_TEST_PGLITE=1 forces it)
+  const db = await openScratchStore(
+    "bench",
+    await findServer({
+      url: Deno.env.get("DATABASE_URL"),
+      pglite: Deno.env.get("QUICKJS_TEST_PGLITE") === "1",
+    }),
+  );
   let cycle: Awaited<ReturnType<typeof measureStoreCycle>>;
   let endToEnd: Awaited<ReturnType<typeof measureEndToEnd>>;
   try {

@@ -207,17 +207,17 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
     out.push(
       "snapshot",
       ...fields([
-        ["format", `${snapshot.format}, variant ${snapshot.variant}`],
-        ["package", `quickjs-emscripten ${snapshot.packageVersion}`],
+        ["format", `${snapshot.format}, variant ${snapshot.variant ?? "?"}`],
+        ["package", `quickjs-emscripten ${snapshot.packageVersion ?? "?"}`],
         ["wasm sha256", snapshot.wasmSha256],
         [
           "memory",
-          `${bytes(snapshot.memoryBytes)}; ${snapshot.pageCount} changed page(s) saved`,
+          `${bytes(snapshot.memoryBytes)}; ${snapshot.pageCount ?? "?"} changed page(s) saved`,
         ],
         ["size", bytes(snapshot.sizeBytes)],
         [
           "parked on",
-          `calls ${snapshot.parkedCalls.join(", ")} (last call ${snapshot.lastCallId})`,
+          `calls ${snapshot.parkedCalls?.join(", ") ?? "?"} (last call ${snapshot.lastCallId})`,
         ],
         ["created", when(snapshot.createdAt, now)],
         ["integrity", snapshot.integrity],
@@ -230,7 +230,9 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
   }
   out.push("");
   out.push(
-    logCount > logs.length ? `logs (last ${logs.length} of ${logCount})` : `logs (${logs.length})`,
+    logCount > logs.length
+      ? `logs (last ${logs.length}; earlier ones not shown)`
+      : `logs (${logs.length})`,
   );
   const levelWidth = Math.max(0, ...logs.map((l) => l.level.length));
   for (const l of logs) out.push(`  ${l.at}  ${l.level.padEnd(levelWidth)}  ${l.message}`);
@@ -345,14 +347,14 @@ async function snapshots(store: Store, options: Options): Promise<number> {
   }
   for (
     const line of table(
-      ["run", "task", "status", "size", "memory", "pages", "created"],
+      ["run", "task", "status", "size", "memory", "build", "created"],
       list.snapshots.map((s) => [
         s.runId,
         `${s.task} v${s.taskVersion}`,
         s.status,
         bytes(s.sizeBytes),
         bytes(s.memoryBytes),
-        String(s.pageCount ?? "-"),
+        `format ${s.format}, wasm ${s.wasmSha256.slice(0, 12)}`,
         s.createdAt,
       ]),
     )

@@ -14,6 +14,9 @@
  *   --worker-id ID       the name in leases and logs (default worker-<host>-<pid>)
  *   --once               run until nothing is due, then exit (cron-style use, tests)
  *   --json               JSON lines instead of text
+ *   --migrate            apply supabase/migrations first (under a lock: several workers may
+ *                        start at once); without it the worker expects a migrated database,
+ *                        except an in-memory PGlite, which starts empty and is always migrated
  *
  * tools.http.fetch may reach the hosts in QUICKJS_HTTP_ALLOW (comma-separated patterns).
  * SIGINT / SIGTERM: stop claiming, hand the running runs over at their next idle point (they
@@ -32,13 +35,13 @@ import {
   type InvocationResult,
   ToolRegistry,
 } from "../supabase/functions/_shared/quickjs/mod.ts";
-import { openStore } from "./lib/open_store.ts";
+import { defaultDb, openStore } from "./lib/open_store.ts";
 import { WorkerLoop } from "./lib/worker_loop.ts";
 import { millis } from "./lib/format.ts";
 import { loadToolsModule } from "./lib/tools_module.ts";
 
 const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
-  "[--tools module.ts] [--worker-id ID] [--once] [--json]";
+  "[--tools module.ts] [--worker-id ID] [--once] [--json] [--migrate]";
 
 class UsageError extends Error {
   override name = "UsageError";
@@ -101,6 +104,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "worker-id": { type: "string" },
         once: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
+        migrate: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -118,6 +122,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       workerId: values["worker-id"] || `worker-${hostname()}-${Deno.pid}`,
       once: values.once,
       json: values.json,
+      migrate: values.migrate,
     };
   } catch (e) {
     console.error(`worker: ${(e as Error).message}\n${USAGE}`);
@@ -126,7 +131,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const { json } = options;
   const note = (message: string) => console.error(`[worker] ${message}`);
 
-  const store = await openStore(options.db);
+  const db = options.db ?? defaultDb();
+  const store = await openStore(db, { migrate: options.migrate || db === "pglite" });
   const engine = new Engine({
     store,
     tools: new ToolRegistry(store, { http: httpOptionsFromEnv(Deno.env), custom: options.tools }),

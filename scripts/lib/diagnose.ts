@@ -12,8 +12,10 @@ import {
   type RunView,
   SandboxError,
   type SnapshotHeader,
+  type SnapshotInfo,
   type SnapshotList,
   type Store,
+  type StuckRun,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { shorten } from "./format.ts";
 
@@ -44,17 +46,22 @@ export interface CallSummary {
   outcome?: string;
 }
 
+/**
+ * A snapshot as inspect shows it: the header read from its bytes (the only copy), or, when
+ * they are damaged, what the database's columns derived from it say.
+ */
 export interface SnapshotSummary {
   format: number;
-  variant: string;
-  packageVersion: string;
   wasmSha256: string;
   memoryBytes: number;
-  pageCount: number;
-  sizeBytes: number;
-  parkedCalls: number[];
   lastCallId: number;
+  sizeBytes: number;
   createdAt: string;
+  /** From the header; absent when the bytes do not parse. */
+  variant?: string;
+  packageVersion?: string;
+  pageCount?: number;
+  parkedCalls?: number[];
   /** Whether this build can restore it (same format, build and VM setup). */
   restorable: boolean;
   /** Why not, when it cannot. */
@@ -69,7 +76,7 @@ export interface RunReport {
   snapshot: SnapshotSummary | null;
   /** The last log lines, oldest first. */
   logs: { at: string; attempt?: number; level: string; message: string }[];
-  /** Log lines the run has in all (up to the limit read). */
+  /** Log lines read: one more than shown when there are earlier ones. */
   logCount: number;
 }
 
@@ -79,14 +86,14 @@ export async function inspectRun(
   runId: string,
   options: { logLines?: number } = {},
 ): Promise<RunReport | null> {
-  // get_run returns the first p_log_limit lines; read enough to show the last ones
-  const view = await store.getRun(runId, { logLimit: 100_000 });
+  const keep = Math.max(0, options.logLines ?? 20);
+  // get_run returns the last p_log_limit lines; one more says whether there are earlier ones
+  const view = await store.getRun(runId, { logLimit: keep + 1 });
   if (!view) return null;
   const [calls, snapshot] = await Promise.all([store.listCalls(runId), store.getSnapshot(runId)]);
   const { logs = [], input, result, ...rest } = view;
   const run: RunSummary = { ...rest, input: shorten(input, VALUE_CHARS) };
   if (view.status === "completed") run.result = shorten(result, VALUE_CHARS);
-  const keep = Math.max(0, options.logLines ?? 20);
   return {
     run,
     calls: calls.map(summarizeCall),
@@ -124,32 +131,36 @@ function summarizeCall(call: CallRecord): CallSummary {
 }
 
 async function summarizeSnapshot(
-  snapshot: { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: Uint8Array },
+  snapshot: SnapshotInfo & { bytes: Uint8Array },
 ): Promise<SnapshotSummary> {
-  const h = snapshot.header;
+  let header: SnapshotHeader | undefined;
   let integrity = "ok";
   try {
-    await readSnapshot(snapshot.bytes);
+    header = (await readSnapshot(snapshot.bytes)).header;
   } catch (e) {
     integrity = e instanceof SandboxError ? `${e.code}: ${e.message}` : String(e);
   }
   let why: string | undefined;
   try {
-    why = await incompatibility(h);
+    why = header ? await incompatibility(header) : "its bytes are damaged (see integrity)";
   } catch (e) {
     why = `cannot check: ${(e as Error).message}`;
   }
   return {
-    format: h.format,
-    variant: h.variant,
-    packageVersion: h.packageVersion,
-    wasmSha256: h.wasmSha256,
-    memoryBytes: h.memoryBytes,
-    pageCount: h.pageCount,
+    format: header?.format ?? snapshot.format,
+    wasmSha256: header?.wasmSha256 ?? snapshot.wasmSha256,
+    memoryBytes: header?.memoryBytes ?? snapshot.memoryBytes,
+    lastCallId: header?.lastCallId ?? snapshot.lastCallId,
     sizeBytes: snapshot.sizeBytes,
-    parkedCalls: h.parkedCalls,
-    lastCallId: h.lastCallId,
     createdAt: snapshot.createdAt,
+    ...(header
+      ? {
+        variant: header.variant,
+        packageVersion: header.packageVersion,
+        pageCount: header.pageCount,
+        parkedCalls: header.parkedCalls,
+      }
+      : {}),
     restorable: why === undefined,
     ...(why !== undefined ? { incompatibility: why } : {}),
     integrity,
@@ -223,7 +234,7 @@ export async function restoreDryRun(store: Store, runId: string): Promise<Restor
   }
 }
 
-export type StuckRun = RunView & { problem: string; since: string };
+export type { StuckRun };
 
 export interface StuckReport {
   stuck: StuckRun[];

@@ -141,7 +141,7 @@ test("inspectRun shows the run, its journal, its snapshot header and its last lo
   assert.match(s.wasmSha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(s.parkedCalls, [2]);
   assert.equal(s.lastCallId, 2);
-  assert.ok(s.sizeBytes > 1000 && s.memoryBytes > s.sizeBytes && s.pageCount > 0);
+  assert.ok(s.sizeBytes > 1000 && s.memoryBytes > s.sizeBytes && s.pageCount! > 0);
   assert.equal(s.restorable, true);
   assert.equal(s.integrity, "ok");
   assert.ok(report.logs.some((l) => l.message === "about to sleep 7"));
@@ -441,10 +441,13 @@ test("diagnose snapshots (real process) shows the largest snapshots", async (db)
     "500",
   ]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^RUN\s+TASK\s+STATUS\s+SIZE\s+MEMORY\s+PAGES\s+CREATED$/m);
+  assert.match(r.stdout, /^RUN\s+TASK\s+STATUS\s+SIZE\s+MEMORY\s+BUILD\s+CREATED$/m);
   assert.match(
     r.stdout,
-    new RegExp(`^${id}\\s+\\S+ v1\\s+suspended\\s+[\\d.]+ KiB\\s+[\\d.]+ MiB\\s+\\d+`, "m"),
+    new RegExp(
+      `^${id}\\s+\\S+ v1\\s+suspended\\s+[\\d.]+ KiB\\s+[\\d.]+ MiB\\s+format 1, wasm [0-9a-f]{12}\\s`,
+      "m",
+    ),
   );
   assert.match(r.stdout, /\d+ snapshot\(s\), [\d.]+ \w+ in all/);
 }, { serverOnly: SUBPROCESS });

@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { retireOtherRuns, testGroup } from "../support/groups.ts";
+import postgres from "postgres";
+import { retireOtherRuns, SERVER, testGroup } from "../support/groups.ts";
 import { ROOT, runScript } from "../support/cli.ts";
 import type { TestDb } from "../support/db.ts";
 import {
@@ -16,6 +17,7 @@ import {
   type RunView,
   ToolRegistry,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { createScratchDb, readMigrations } from "../../supabase/functions/_shared/quickjs/dev.ts";
 import { WorkerLoop, type WorkerOptions } from "../../scripts/lib/worker_loop.ts";
 
 const { test } = testGroup("cli_worker");
@@ -313,6 +315,31 @@ test(
   },
   { serverOnly: SUBPROCESS },
 );
+
+test("the worker (real process) migrates an empty database only when given --migrate", async () => {
+  const scratch = await createScratchDb(SERVER!, "worker_migrate", { migrated: false });
+  const sql = postgres(scratch.url, { max: 1, onnotice: () => {} });
+  const schema = async () =>
+    (await sql`select to_regnamespace('quickjs')::text as s`)[0]!.s as string | null;
+  let ok = false;
+  try {
+    const without = await runScript("worker.ts", ["--db", scratch.url, "--once"]);
+    assert.equal(await schema(), null, "no migrations without --migrate");
+    assert.notEqual(without.code, 0, "and nothing to work on");
+    const files = await readMigrations();
+    const migrated = await runScript("worker.ts", ["--db", scratch.url, "--once", "--migrate"]);
+    assert.equal(migrated.code, 0, migrated.stderr);
+    assert.equal(await schema(), "quickjs");
+    const rows = await sql<{ version: string }[]>`
+      select version from supabase_migrations.schema_migrations order by version`;
+    assert.deepEqual(rows.map((r) => r.version), files.map((m) => m.version));
+    ok = true;
+  } finally {
+    await sql.end();
+    if (ok) await scratch.drop();
+    else console.log(`[tests] left database ${scratch.name} in place for inspection`);
+  }
+}, { serverOnly: SUBPROCESS });
 
 test("the worker refuses bad flags with exit 2", async () => {
   const r = await runScript("worker.ts", ["--concurrency", "0", "--once"]);

@@ -29,8 +29,6 @@ if (!cronDatabase) {
 Deno.test({
   name: "pg_cron runs quickjs.tick() every minute, and the tick wakes a sleeper that is due",
   ignore: !cronDatabase,
-  sanitizeOps: false,
-  sanitizeResources: false,
   fn: async () => {
     const url = new URL(server!);
     url.pathname = `/${cronDatabase}`;

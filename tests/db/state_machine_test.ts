@@ -251,7 +251,7 @@ test("a run whose worker vanished five times fails with RUN_LEASE_EXPIRED and it
   assert.equal((await store.getRun(parent.id))?.status, "queued");
 });
 
-// BUG (migration 20261124080000, quickjs.requeue_expired_leases): the branch that fails a run
+// BUG (migration 20261124080100_quickjs_transitions, quickjs.requeue_expired_leases, now quickjs.lose_lease): the branch that fails a run
 // after too many lost leases does not delete its snapshot, unlike complete_run, fail_run and
 // cancel_run; the saved heap (secrets included) of a dead run stays forever.
 test("a run failed for lost leases keeps no snapshot", async (db) => {
@@ -553,7 +553,7 @@ test("concurrent enqueues with one idempotency key create one run", async (db) =
 
 // ---- a child whose journal entry was replaced -------------------------------------------
 
-// BUG (migration 20261124080000, quickjs.settle_from_child / notify_parent, reached from
+// BUG (migration 20261124080100_quickjs_transitions, quickjs.settle_from_child / notify_parent, reached from
 // record_call and start_child, which delete a call that "took another path" without detaching
 // its child run): the old child, when it ends, settles whatever call now has its seq, so the
 // task receives the child's result for a different call (the origin system's "results fed

@@ -73,7 +73,7 @@ test("a process killed mid-call leaves no run stuck: another continues from the 
     async () => (await Deno.readTextFile(log)).includes("start third"),
   );
   second.kill("SIGKILL");
-  const killed = await second.status;
+  const killed = await second.output(); // reads its pipes to the end, so they close
   assert.equal(killed.success, false);
   assert.equal(await status(), "running", "the dead process still holds the lease");
   const journal = await db.store.listCalls(run.id);
@@ -136,7 +136,7 @@ test("a process killed before its first snapshot: the run starts again from the 
     async () => (await Deno.readTextFile(log)).includes("start two"),
   );
   child.kill("SIGKILL");
-  await child.status;
+  await child.output(); // reads its pipes to the end, so they close
   const again = await step(db, 60_000, { CRASH_LOG: log }).output();
   assert.ok(again.success, new TextDecoder().decode(again.stderr));
   const done = (await db.store.getRun(run.id))!;

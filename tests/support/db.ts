@@ -1,22 +1,24 @@
 /**
  * A real Postgres for each test file: a fresh database on DATABASE_URL's server, else on a
- * server at 127.0.0.1:5432, else an in-memory PGlite. Migrations are applied as Supabase
- * would (its roles exist first, so the guarded parts run). A database whose tests failed
- * is left in place, and its name printed, so it can be inspected.
+ * server at 127.0.0.1:5432, else an in-memory PGlite. On a server each file's database is a
+ * copy of a template migrated once per set of migrations (dev/scratch_db.ts), as Supabase
+ * would migrate it (its roles exist first, so the guarded parts run). A database whose tests
+ * failed is left in place, and its name printed, so it can be inspected.
  */
 import postgres from "postgres";
-import { PGlite } from "@electric-sql/pglite";
 import {
   postgresDriver,
   type SqlDriver,
   Store,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import {
-  migrate,
-  pgliteDriver,
-  pgliteExecutor,
-  postgresExecutor,
+  createScratchDb,
+  findServer as findAnyServer,
+  migratedPglite,
+  SUPABASE_ROLES,
 } from "../../supabase/functions/_shared/quickjs/dev.ts";
+
+export { SUPABASE_ROLES };
 
 export interface TestDb {
   /** "postgres" (a server) or "pglite". */
@@ -31,39 +33,33 @@ export interface TestDb {
   query<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
   /** Another driver on its own connection (postgres) or the same instance (pglite). */
   newDriver(): SqlDriver;
-  close(options: { drop: boolean }): Promise<void>;
+  /** Closes this test's connections (the database stays; see TestDbFile.finish). */
+  close(): Promise<void>;
 }
 
-const LOCAL_URL = "postgres://postgres@127.0.0.1:5432/postgres";
+/**
+ * A test file's database. Each test gets its own connections to it (`connect`, closed when
+ * the test ends), so nothing a test opened outlives it and Deno's leak sanitizers can be on.
+ */
+export interface TestDbFile {
+  connect(): Promise<TestDb>;
+  /** After the file's last test: drops the database, or leaves it and prints its name. */
+  finish(options: { drop: boolean }): Promise<void>;
+}
+
 let serverUrl: Promise<string | null> | undefined;
 let announced = false;
 
-/** DATABASE_URL, or the local server if one answers, or null for PGlite. */
+/** DATABASE_URL, or the local server if one answers, or null for PGlite (QUICKJS_TEST_PGLITE=1). */
 export function findServer(): Promise<string | null> {
-  return serverUrl ??= (async () => {
-    const env = Deno.env.get("DATABASE_URL");
-    if (env) return env;
-    if (Deno.env.get("QUICKJS_TEST_PGLITE") === "1") return null;
-    const sql = postgres(LOCAL_URL, { max: 1, connect_timeout: 2, onnotice: () => {} });
-    try {
-      await sql`select 1`;
-      return LOCAL_URL;
-    } catch {
-      return null;
-    } finally {
-      await sql.end({ timeout: 1 }).catch(() => {});
-    }
-  })();
+  return serverUrl ??= findAnyServer({
+    url: Deno.env.get("DATABASE_URL"),
+    pglite: Deno.env.get("QUICKJS_TEST_PGLITE") === "1",
+  });
 }
 
-export const SUPABASE_ROLES = `
-  do $$ begin
-    if not exists (select 1 from pg_roles where rolname = 'anon') then create role anon nologin; end if;
-    if not exists (select 1 from pg_roles where rolname = 'authenticated') then create role authenticated nologin; end if;
-    if not exists (select 1 from pg_roles where rolname = 'service_role') then create role service_role nologin bypassrls; end if;
-  end $$;`;
-
-export async function openTestDb(label: string): Promise<TestDb> {
+/** This file's database: a copy of the migrated template on the server, else a PGlite. */
+export async function openTestDb(label: string): Promise<TestDbFile> {
   const server = await findServer();
   if (!announced) {
     announced = true;
@@ -76,62 +72,66 @@ export async function openTestDb(label: string): Promise<TestDb> {
   return server ? await openOnServer(server, label) : await openPgliteTestDb();
 }
 
-async function openOnServer(server: string, label: string): Promise<TestDb> {
-  const name = `qjs_t_${label.replace(/\W+/g, "_").toLowerCase().slice(0, 30)}_${
-    Date.now().toString(36)
-  }${Math.floor(Math.random() * 1e4)}`;
-  const admin = postgres(server, { max: 1, onnotice: () => {} });
-  await admin.unsafe(SUPABASE_ROLES);
-  await admin.unsafe(`create database ${name}`);
-  await admin.end();
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  const sql = postgres(url.toString(), { max: 1, onnotice: () => {} });
-  await migrate(postgresExecutor(sql));
-  const driver = postgresDriver(url.toString());
-  const drivers: SqlDriver[] = [driver];
+/** A copy of the migrated template on `server`, or an empty database with `migrated: false`. */
+export async function openOnServer(
+  server: string,
+  label: string,
+  options: { migrated?: boolean } = {},
+): Promise<TestDbFile> {
+  const scratch = await createScratchDb(server, label, options);
+  const { name, url } = scratch;
   return {
-    kind: "postgres",
-    url: url.toString(),
-    name,
-    driver,
-    store: new Store(driver),
-    query: async <T>(text: string, params: unknown[] = []) =>
-      await sql.unsafe(text, params as never[]) as unknown as T[],
-    newDriver() {
-      const extra = postgresDriver(url.toString());
-      drivers.push(extra);
-      return extra;
+    connect: () => {
+      const sql = postgres(url, { max: 1, onnotice: () => {} });
+      const driver = postgresDriver(url);
+      const drivers: SqlDriver[] = [driver];
+      return Promise.resolve({
+        kind: "postgres",
+        url,
+        name,
+        driver,
+        store: new Store(driver),
+        query: async <T>(text: string, params: unknown[] = []) =>
+          await sql.unsafe(text, params as never[]) as unknown as T[],
+        newDriver() {
+          const extra = postgresDriver(url);
+          drivers.push(extra);
+          return extra;
+        },
+        async close() {
+          await Promise.all(drivers.map((d) => d.close()));
+          await sql.end();
+        },
+      });
     },
-    async close({ drop }) {
-      await Promise.all(drivers.map((d) => d.close()));
-      await sql.end();
+    async finish({ drop }) {
       if (!drop) {
         console.log(`[tests] left database ${name} in place for inspection: ${url}`);
         return;
       }
-      const admin = postgres(server, { max: 1, onnotice: () => {} });
-      await admin.unsafe(`drop database if exists ${name} with (force)`);
-      await admin.end();
+      await scratch.drop();
     },
   };
 }
 
 /** A migrated in-memory PGlite with the Supabase roles, whatever server is around. */
-export async function openPgliteTestDb(): Promise<TestDb> {
-  const driver = await pgliteDriver();
-  const db: PGlite = driver.db;
-  await db.exec(SUPABASE_ROLES);
-  await migrate(pgliteExecutor(db));
+export async function openPgliteTestDb(): Promise<TestDbFile> {
+  const driver = await migratedPglite();
+  const db = driver.db;
+  const shared = { ...driver, close: () => Promise.resolve() };
   return {
-    kind: "pglite",
-    name: "pglite",
-    driver,
-    store: new Store(driver),
-    query: async <T>(text: string, params: unknown[] = []) =>
-      (await db.query(text, params)).rows as T[],
-    newDriver: () => ({ ...driver, close: () => Promise.resolve() }),
-    close: async () => await driver.close(),
+    connect: () =>
+      Promise.resolve({
+        kind: "pglite",
+        name: "pglite",
+        driver: shared,
+        store: new Store(shared),
+        query: async <T>(text: string, params: unknown[] = []) =>
+          (await db.query(text, params)).rows as T[],
+        newDriver: () => shared,
+        close: () => Promise.resolve(),
+      }),
+    finish: () => driver.close(),
   };
 }
 
@@ -149,6 +149,12 @@ export interface TestOptions {
    * needs several connections at once).
    */
   serverOnly?: boolean | string;
+  /**
+   * false (with the reason as a string) turns Deno's op and resource sanitizers off for a
+   * test that cannot end with everything it started finished, such as one that leaves a
+   * subprocess's pipes to the runtime.
+   */
+  sanitize?: boolean | string;
 }
 
 export type GroupTest = (
@@ -159,19 +165,25 @@ export type GroupTest = (
 
 /**
  * Registers the tests of a file that share one database (default: openTestDb(label)). The
- * database is opened by the first test that runs and closed after the last; it is dropped
+ * database is made by the first test that runs and finished after the last; it is dropped
  * only if all of them passed, otherwise its name is printed and it is left for inspection.
- * Ignored tests do not count, so they do not keep the database open.
+ * Each test has connections of its own, closed when it ends, and runs with Deno's op and
+ * resource sanitizers on unless `sanitize: false` says why not. Ignored tests do not count,
+ * so they do not keep the database open.
  */
 export function dbTests(
   label: string,
-  open: () => Promise<TestDb> = () => openTestDb(label),
-): { test: GroupTest; db: () => Promise<TestDb> } {
-  let db: Promise<TestDb> | undefined;
+  open: () => Promise<TestDbFile> = () => openTestDb(label),
+): { test: GroupTest } {
+  // PGlite runs Postgres's own timeouts (lock and statement timers, setitimer) as JavaScript
+  // timers that one query starts and a later one clears: they outlive the test that started
+  // them, and Deno counts timers under both sanitizers, so neither can be on for a PGlite
+  // database. On a server every test opens and closes its own connections, and both are on.
+  const pglite = open === openPgliteTestDb || !SERVER;
+  let file: Promise<TestDbFile> | undefined;
   let failed = false;
   let registered = 0;
   let finished = 0;
-  const get = () => db ??= open();
   const test: GroupTest = (name, fn, options = {}) => {
     const reason = (options.ignore && !RUN_KNOWN_BUGS ? String(options.ignore) : undefined) ||
       (options.serverOnly && !SERVER
@@ -185,21 +197,27 @@ export function dbTests(
       return;
     }
     registered++;
+    const sanitize = typeof options.sanitize === "string" ? false : options.sanitize ?? true;
     Deno.test({
       name,
-      sanitizeOps: false,
-      sanitizeResources: false,
+      sanitizeOps: sanitize && !pglite,
+      sanitizeResources: sanitize && !pglite,
       fn: async (t) => {
         try {
-          await fn(await get(), t);
+          const db = await (await (file ??= open())).connect();
+          try {
+            await fn(db, t);
+          } finally {
+            await db.close();
+          }
         } catch (e) {
           failed = true;
           throw e;
         } finally {
-          if (++finished === registered) await (await get()).close({ drop: !failed });
+          if (++finished === registered) await (await file!).finish({ drop: !failed });
         }
       },
     });
   };
-  return { test, db: get };
+  return { test };
 }

@@ -2,12 +2,20 @@
  * A test double for PostgREST, which cannot run here: a `fetch` that serves the RPC
  * contract supabase-js uses (POST /rest/v1/rpc/<fn> with named arguments, schema chosen
  * by Content-Profile) against a real database, with PostgREST's status codes and error
- * bodies ({ code, message, details, hint }).
+ * bodies ({ code, message, details, hint }). Like PostgREST it reads a bytea argument from
+ * its "\x…" hex text and writes bytea columns the same way, answers a void function with
+ * 204 and a table function with an array of row objects.
  */
-import { OPERATIONS, type SqlDriver } from "../../supabase/functions/_shared/quickjs/mod.ts";
-
-/** Functions declared `returns void`: PostgREST answers them with 204 No Content. */
-const VOID_FUNCTIONS = new Set(["kv_set", "append_run_logs"]);
+import {
+  byteaFromHex,
+  byteaHex,
+  type Operation,
+  type OperationArgs,
+  OPERATIONS,
+  paramType,
+  type SqlDriver,
+  type SqlType,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 export interface PostgrestDouble {
   fetch: typeof fetch;
@@ -17,10 +25,15 @@ export interface PostgrestDouble {
 
 export function postgrestDouble(
   driver: SqlDriver,
-  options: { serviceRoleKey: string; exposedSchemas?: string[] },
+  options: {
+    serviceRoleKey: string;
+    exposedSchemas?: string[];
+    /** Where to record the requests (default: a new array). */
+    requests?: PostgrestDouble["requests"];
+  },
 ): PostgrestDouble {
   const exposed = options.exposedSchemas ?? ["public", "quickjs"];
-  const requests: PostgrestDouble["requests"] = [];
+  const requests = options.requests ?? [];
   const doubleFetch = async (input: RequestInfo | URL, init?: RequestInit): Promise<Response> => {
     const request = new Request(input, init);
     const url = new URL(request.url);
@@ -49,10 +62,13 @@ export function postgrestDouble(
       );
     }
     const fn = match[1]!;
-    const signature = (OPERATIONS as Record<string, Record<string, string>>)[fn];
+    const declared = Object.hasOwn(OPERATIONS, fn) ? OPERATIONS[fn as Operation] : undefined;
+    const signature: Record<string, SqlType> = Object.fromEntries(
+      Object.entries(declared?.params ?? {}).map(([name, param]) => [name, paramType(param)]),
+    );
     const args = (body ?? {}) as Record<string, unknown>;
     if (
-      schema !== "quickjs" || !signature || typeof args !== "object" ||
+      schema !== "quickjs" || !declared || typeof args !== "object" ||
       Object.keys(args).some((name) => !(name in signature))
     ) {
       return error(
@@ -64,10 +80,25 @@ export function postgrestDouble(
         null,
       );
     }
+    // PostgREST passes each argument as text to the parameter's type
+    const typed = Object.fromEntries(
+      Object.entries(args).map((
+        [name, value],
+      ) => [
+        name,
+        signature[name] === "bytea" && typeof value === "string" ? byteaFromHex(value) : value,
+      ]),
+    ) as OperationArgs<Operation>;
     try {
-      const result = await driver.call(fn as never, args as never);
-      if (VOID_FUNCTIONS.has(fn)) return new Response(null, { status: 204 });
-      return new Response(JSON.stringify(result), {
+      const result = await driver.call(fn as Operation, typed);
+      if (declared.returns.kind === "scalar" && declared.returns.sql === "void") {
+        return new Response(null, { status: 204 });
+      }
+      const json = JSON.stringify(
+        result,
+        (_key, value) => value instanceof Uint8Array ? byteaHex(value) : value,
+      );
+      return new Response(json, {
         status: 200,
         headers: { "content-type": "application/json; charset=utf-8" },
       });

@@ -53,13 +53,25 @@ export {
   type PublishedTask,
   type RepairResult,
   type RunView,
+  type SnapshotInfo,
   type SnapshotList,
   type SqlDriver,
   Store,
   StoreError,
+  type StuckRun,
   type WaitingOn,
 } from "./store/store.ts";
-export { OPERATIONS, type SqlType } from "./store/operations.ts";
+export {
+  byteaFromHex,
+  byteaHex,
+  hasDefault,
+  type Operation,
+  type OperationArgs,
+  type OperationResult,
+  OPERATIONS,
+  paramType,
+  type SqlType,
+} from "./store/operations.ts";
 export { postgresDriver } from "./store/postgres.ts";
 export { supabaseDriver } from "./store/supabase.ts";
 

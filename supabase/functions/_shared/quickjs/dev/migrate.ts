@@ -57,26 +57,56 @@ export async function readMigrations(dir: URL = MIGRATIONS_DIR): Promise<Migrati
   })));
 }
 
-/** Applies the migrations not applied yet; returns the versions it applied. */
+/**
+ * Serializes migration runners on one database: every step below takes it, as a
+ * transaction-level advisory lock, so it is released at commit or rollback.
+ */
+const MIGRATION_LOCK =
+  "select pg_advisory_xact_lock(hashtext('supabase_migrations.schema_migrations'))";
+
+/** Runs `fn` in a transaction that holds MIGRATION_LOCK. */
+async function locked<T>(db: SqlExecutor, fn: () => Promise<T>): Promise<T> {
+  await db.exec("begin");
+  try {
+    await db.exec(MIGRATION_LOCK);
+    const result = await fn();
+    await db.exec("commit");
+    return result;
+  } catch (e) {
+    await db.exec("rollback").catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Applies the migrations not applied yet; returns the versions it applied. Each migration
+ * runs in its own transaction with its record, under an advisory lock, and is checked
+ * again once the lock is held: two runners at once (two workers starting, a test process
+ * beside another) apply each migration exactly once, and a migration that fails leaves
+ * neither its changes nor its record. The executor must be one connection.
+ */
 export async function migrate(db: SqlExecutor, dir?: URL): Promise<string[]> {
-  await db.exec(`
-    create schema if not exists supabase_migrations;
-    create table if not exists supabase_migrations.schema_migrations (
-      version text primary key, statements text[], name text);`);
-  const applied = new Set(
-    (await db.query("select version from supabase_migrations.schema_migrations", [])).rows.map((
-      r,
-    ) => String(r.version)),
-  );
+  await locked(db, () =>
+    db.exec(`
+      create schema if not exists supabase_migrations;
+      create table if not exists supabase_migrations.schema_migrations (
+        version text primary key, statements text[], name text);`));
   const done: string[] = [];
   for (const migration of await readMigrations(dir)) {
-    if (applied.has(migration.version)) continue;
-    await db.exec(`begin;\n${migration.sql}\n;commit;`);
-    await db.query(
-      "insert into supabase_migrations.schema_migrations (version, name) values ($1, $2)",
-      [migration.version, migration.name],
-    );
-    done.push(migration.version);
+    const applied = await locked(db, async () => {
+      const recorded = await db.query(
+        "select 1 from supabase_migrations.schema_migrations where version = $1",
+        [migration.version],
+      );
+      if (recorded.rows.length) return false;
+      await db.exec(migration.sql);
+      await db.query(
+        "insert into supabase_migrations.schema_migrations (version, name) values ($1, $2)",
+        [migration.version, migration.name],
+      );
+      return true;
+    });
+    if (applied) done.push(migration.version);
   }
   return done;
 }

@@ -1,6 +1,13 @@
 /** Store driver over postgres.js: SUPABASE_DB_URL or DATABASE_URL, or any connection string. */
 import postgres from "postgres";
-import { type Operation, type OperationArgs, sqlCall } from "./operations.ts";
+import {
+  asUint8Array,
+  type Operation,
+  type OperationArgs,
+  type OperationResult,
+  sqlCall,
+  sqlResult,
+} from "./operations.ts";
 import type { SqlDriver } from "./store.ts";
 
 export function postgresDriver(url: string, options: { max?: number } = {}): SqlDriver {
@@ -12,7 +19,10 @@ export function postgresDriver(url: string, options: { max?: number } = {}): Sql
   return {
     kind: "postgres",
     description: redactUrl(url),
-    async call<Op extends Operation>(op: Op, args: OperationArgs<Op>) {
+    async call<Op extends Operation>(
+      op: Op,
+      args: OperationArgs<Op>,
+    ): Promise<OperationResult<Op>> {
       // postgres.js infers a type from a plain JS value (a boolean is a bool, not jsonb):
       // mark JSON explicitly
       const { text, params } = sqlCall(
@@ -20,8 +30,9 @@ export function postgresDriver(url: string, options: { max?: number } = {}): Sql
         args,
         (type, value) => type === "jsonb" || type === "text[]" ? sql.json(value as never) : value,
       );
-      const rows = await sql.unsafe(text, params as never[]);
-      return rows[0]?.result ?? null;
+      const rows = await sql.unsafe(text, params as postgres.ParameterOrJSON<never>[]);
+      // bytea arrives as a Buffer
+      return sqlResult(op, rows, (value) => asUint8Array(value as Uint8Array));
     },
     async listen(channel, onNotify) {
       const listener = await sql.listen(channel, onNotify);

@@ -2,19 +2,49 @@
  * The engine's only way to the database: one typed method per SQL operation, over a
  * driver that knows how to call a function (postgres.js, PGlite or supabase-js).
  */
-import { Buffer } from "node:buffer";
-import type { Operation, OperationArgs } from "./operations.ts";
+import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
-import type { CallStatus, RunStatus } from "../engine/states.ts";
+import type {
+  CallRecord,
+  ClaimedRun,
+  KvEntry,
+  Lease,
+  LogLine,
+  PublishedTask,
+  RepairResult,
+  RunView,
+  ServiceRow,
+  SnapshotInfo,
+  SnapshotList,
+  StuckRun,
+  WaitingOn,
+} from "./rows.ts";
+
+export type {
+  CallRecord,
+  ClaimedRun,
+  ClaimJson,
+  KvEntry,
+  Lease,
+  LogLine,
+  PublishedTask,
+  RepairResult,
+  RunView,
+  ServiceRow,
+  SnapshotInfo,
+  SnapshotList,
+  StuckRun,
+  WaitingOn,
+} from "./rows.ts";
 
 /** Calls one SQL function. Implementations: postgres.ts, pglite.ts, supabase.ts. */
 export interface SqlDriver {
   /** "postgres", "pglite" or "supabase", and where it points, for logs and test output. */
   readonly kind: "postgres" | "pglite" | "supabase";
   readonly description: string;
-  call<Op extends Operation>(op: Op, args: OperationArgs<Op>): Promise<unknown>;
+  call<Op extends Operation>(op: Op, args: OperationArgs<Op>): Promise<OperationResult<Op>>;
   /** Runs `onNotify(payload)` for each NOTIFY on the channel, if the driver can listen. */
   listen?(channel: string, onNotify: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
@@ -47,98 +77,6 @@ export class StoreError extends Error {
   }
 }
 
-export interface LogLine {
-  level: string;
-  message: string;
-  /** ms since the epoch (writes) or an ISO timestamp (reads). */
-  at: number | string;
-  attempt?: number;
-}
-
-/** A run as the API shows it. */
-export interface RunView {
-  id: string;
-  task: string;
-  taskId: string;
-  taskVersion: number;
-  status: RunStatus;
-  input: Json;
-  result?: Json;
-  error?: RunError;
-  attempts: number;
-  suspensions: number;
-  /** Lost leases in a row (a worker died); too many fails the run. */
-  leaseExpirations?: number;
-  wakeAt?: string;
-  waitingOn?: WaitingOn;
-  parentRunId?: string;
-  parentCallSeq?: number;
-  ownerId?: string;
-  idempotencyKey?: string;
-  leaseOwner?: string;
-  leaseExpiresAt?: string;
-  createdAt: string;
-  updatedAt: string;
-  startedAt?: string;
-  finishedAt?: string;
-  logs?: LogLine[];
-  /** enqueue: false when an idempotency key returned an existing run. */
-  created?: boolean;
-  /** cancel: false when the run had already ended. */
-  cancelled?: boolean;
-}
-
-export interface WaitingOn {
-  calls: number[];
-  children?: string[];
-  wakeAt?: string;
-}
-
-export interface CallRecord {
-  seq: number;
-  service: string;
-  path: string[];
-  args: Json[];
-  mode: "inline" | "durable";
-  status: CallStatus;
-  result?: Json;
-  error?: RunError & { data?: Json };
-  attempts: number;
-  idempotencyKey: string;
-  wakeAt?: string;
-  childRunId?: string;
-  createdAt: string;
-  startedAt?: string;
-  completedAt?: string;
-  /** record_call: true when the call had settled before and is delivered from the journal. */
-  replayed?: boolean;
-}
-
-/** A run a worker holds the lease of, with what it needs to continue it. */
-export interface ClaimedRun extends RunView {
-  fencingToken: number;
-  code: string;
-  limits: Record<string, number>;
-  allowedTools: string[] | null;
-  snapshot: Uint8Array | null;
-  snapshotHeader: SnapshotHeader | null;
-  /** The parked calls of the snapshot and every call after it, in order. */
-  calls: CallRecord[];
-}
-
-export interface PublishedTask {
-  id: string;
-  name: string;
-  version: number;
-  changed: boolean;
-  codeSha256: string;
-}
-
-export interface Lease {
-  runId: string;
-  token: number;
-}
-
 export class Store {
   constructor(readonly driver: SqlDriver) {}
 
@@ -146,10 +84,13 @@ export class Store {
     return `${this.driver.kind} (${this.driver.description})`;
   }
 
-  async #call<T>(op: Operation, args: Record<string, unknown>): Promise<T> {
+  async #call<Op extends Operation>(
+    op: Op,
+    args: OperationArgs<Op>,
+  ): Promise<OperationResult<Op>> {
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.driver.call(op, args as never) as T;
+        return await this.driver.call(op, args);
       } catch (e) {
         // Every operation is one transaction, so one that lost a deadlock or a
         // serialization race changed nothing and can simply run again.
@@ -203,20 +144,14 @@ export class Store {
     runId?: string;
     now?: Date;
   }): Promise<ClaimedRun[]> {
-    const rows = await this.#call<(Omit<ClaimedRun, "snapshot"> & { snapshot: string | null })[]>(
-      "claim_runs",
-      {
-        p_worker: claim.worker,
-        p_limit: claim.limit ?? 1,
-        p_lease_seconds: claim.leaseSeconds,
-        p_run_id: claim.runId ?? null,
-        p_now: claim.now,
-      },
-    );
-    return rows.map((row) => ({
-      ...row,
-      snapshot: row.snapshot === null ? null : new Uint8Array(Buffer.from(row.snapshot, "base64")),
-    }));
+    const rows = await this.#call("claim_runs", {
+      p_worker: claim.worker,
+      p_limit: claim.limit ?? 1,
+      p_lease_seconds: claim.leaseSeconds,
+      p_run_id: claim.runId ?? null,
+      p_now: claim.now,
+    });
+    return rows.map(({ run, snapshot }) => ({ ...run, snapshot }));
   }
 
   heartbeat(lease: Lease, leaseSeconds: number, now?: Date): Promise<{ leaseExpiresAt: string }> {
@@ -292,6 +227,11 @@ export class Store {
     });
   }
 
+  /**
+   * Saves the VM and parks the run. `header` is the one takeSnapshot returned with the bytes:
+   * the few columns derived from it (format, wasm hash, memory, last call id) are for finding
+   * and sizing snapshots without reading them; the bytes stay the only copy of the header.
+   */
   suspendRun(lease: Lease, suspend: {
     snapshot: Uint8Array;
     header: SnapshotHeader;
@@ -302,8 +242,11 @@ export class Store {
     return this.#call("suspend_run", {
       p_run_id: lease.runId,
       p_token: lease.token,
-      p_snapshot: Buffer.from(suspend.snapshot).toString("base64"),
-      p_header: suspend.header,
+      p_snapshot: suspend.snapshot,
+      p_format: suspend.header.format,
+      p_wasm_sha256: suspend.header.wasmSha256,
+      p_memory_bytes: suspend.header.memoryBytes,
+      p_last_call_id: suspend.header.lastCallId,
       p_wake_at: suspend.wakeAt,
       p_waiting_on: suspend.waitingOn,
       p_logs: suspend.logs ?? [],
@@ -362,18 +305,13 @@ export class Store {
     return this.#call("list_calls", { p_run_id: runId });
   }
 
-  async getSnapshot(
-    runId: string,
-  ): Promise<
-    { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: Uint8Array } | null
-  > {
-    const row = await this.#call<
-      { header: SnapshotHeader; sizeBytes: number; createdAt: string; bytes: string } | null
-    >("get_snapshot", { p_run_id: runId });
-    return row && { ...row, bytes: new Uint8Array(Buffer.from(row.bytes, "base64")) };
+  /** A run's snapshot bytes with what the database knows of them, or null. */
+  async getSnapshot(runId: string): Promise<(SnapshotInfo & { bytes: Uint8Array }) | null> {
+    const [row] = await this.#call("get_snapshot", { p_run_id: runId });
+    return row ? { ...row.snapshot, bytes: row.bytes } : null;
   }
 
-  findStuckRuns(now?: Date): Promise<(RunView & { problem: string; since: string })[]> {
+  findStuckRuns(now?: Date): Promise<StuckRun[]> {
     return this.#call("find_stuck_runs", { p_now: now });
   }
 
@@ -383,11 +321,11 @@ export class Store {
 
   /** When the next run becomes due (null: none is waiting). */
   async nextWakeAt(now?: Date): Promise<Date | null> {
-    const row = await this.#call<{ wakeAt: string | null }>("next_wake_at", { p_now: now });
+    const row = await this.#call("next_wake_at", { p_now: now });
     return row.wakeAt ? new Date(row.wakeAt) : null;
   }
 
-  kvGet(key: string): Promise<{ found: boolean; value?: Json; secret?: boolean }> {
+  kvGet(key: string): Promise<KvEntry> {
     return this.#call("kv_get", { p_key: key });
   }
 
@@ -399,11 +337,7 @@ export class Store {
     return this.#call("kv_delete", { p_key: key });
   }
 
-  getService(
-    name: string,
-  ): Promise<
-    { name: string; url: string; headers: Record<string, string>; timeoutMs: number } | null
-  > {
+  getService(name: string): Promise<ServiceRow | null> {
     return this.#call("get_service", { p_name: name });
   }
 
@@ -424,32 +358,4 @@ export class Store {
   listSnapshots(limit?: number): Promise<SnapshotList> {
     return this.#call("list_snapshots", { p_limit: limit });
   }
-}
-
-/** What quickjs.repair_run did with a run. */
-export interface RepairResult {
-  action: "requeued" | "failed" | "settled" | "queued" | "dispatched" | "none";
-  /** Why, in words (null when nothing was done). */
-  reason: string | null;
-  /** The run afterwards. */
-  run: RunView;
-}
-
-/** quickjs.list_snapshots: a capacity view. */
-export interface SnapshotList {
-  count: number;
-  totalBytes: number;
-  snapshots: {
-    runId: string;
-    task: string;
-    taskVersion: number;
-    status: RunStatus;
-    sizeBytes: number;
-    /** The VM's wasm memory (what a restore allocates). */
-    memoryBytes: number | null;
-    pageCount: number | null;
-    variant: string;
-    packageVersion: string;
-    createdAt: string;
-  }[];
 }

@@ -1,6 +1,8 @@
--- Supabase-only parts: roles and policies, pg_net dispatch with the key from Vault, and the
--- pg_cron tick. Each part checks that what it needs exists, so this file applies cleanly on
--- plain PostgreSQL too (where it does nothing but define quickjs.dispatch_http).
+-- Durable QuickJS tasks, 5 of 5: the Supabase-only parts. Roles, grants and policies, pg_net
+-- dispatch with the key from Vault, and the pg_cron tick. Each part checks that what it
+-- needs exists, so this file applies cleanly on plain PostgreSQL too (where it does nothing
+-- but define quickjs.dispatch_http and revoke PUBLIC's execute). It comes last, so the
+-- grants cover every function the earlier files define.
 
 -- ---- roles, grants and policies -------------------------------------------------------------
 -- service_role: everything (it also bypasses RLS). authenticated: read its own runs and logs.
@@ -21,8 +23,8 @@ begin
       using (exists (select 1 from quickjs.runs r
                      where r.id = run_id and r.owner_id = quickjs.current_user_id()));
   end if;
-  -- functions are executable by PUBLIC by default; the state machine is not, nor are
-  -- functions later migrations add
+  -- functions are executable by PUBLIC by default; the state machine and the operator
+  -- tools are not, nor are functions later migrations add
   revoke execute on all functions in schema quickjs from public;
   alter default privileges in schema quickjs revoke execute on functions from public;
   if exists (select 1 from pg_roles where rolname = 'authenticated') then

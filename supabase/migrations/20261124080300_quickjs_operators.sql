@@ -1,13 +1,45 @@
--- Operator tools for scripts/diagnose-vm-state.ts: repairing one stuck run (stuck --fix) and
--- a capacity view of the stored snapshots. What "stuck" means stays in find_stuck_runs; each
--- repair below answers one of its problems, in one transaction, with a note in the run's log.
+-- Durable QuickJS tasks, 4 of 5: operator tools for scripts/diagnose-vm-state.ts. What
+-- "stuck" means (find_stuck_runs), repairing one stuck run (stuck --fix) with the same steps
+-- the state machine uses (lose_lease, finish_run, wake_run), and a capacity view of the
+-- stored snapshots.
 
+-- Runs that need an operator: what "stuck" means is spelled out here, in one place.
+create function quickjs.find_stuck_runs(p_now timestamptz default now())
+returns jsonb language sql stable as $$
+  select coalesce(jsonb_agg(x order by x ->> 'since'), '[]') from (
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'lease expired', 'since', r.lease_expires_at) as x
+      from quickjs.runs r where r.status = 'running' and r.lease_expires_at < p_now
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended without a snapshot', 'since', r.updated_at)
+      from quickjs.runs r where r.status = 'suspended'
+        and not exists (select 1 from quickjs.snapshots s where s.run_id = r.id)
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'waiting for children that ended', 'since', r.updated_at)
+      from quickjs.runs r where r.status = 'suspended' and r.wake_at is null
+        and not exists (select 1 from quickjs.runs c where c.parent_run_id = r.id
+          and c.status not in ('completed', 'failed', 'cancelled'))
+        and not exists (select 1 from quickjs.calls k where k.run_id = r.id and k.status in ('succeeded', 'failed')
+          and k.seq = any (quickjs.parked_calls(r)))
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'suspended though a parked call settled', 'since', r.updated_at)
+      from quickjs.runs r join quickjs.snapshots s on s.run_id = r.id
+      where r.status = 'suspended' and r.wake_at is null
+        and exists (select 1 from quickjs.calls k where k.run_id = r.id and k.seq = any (quickjs.parked_calls(r))
+          and k.status in ('succeeded', 'failed'))
+    union all
+    select quickjs.run_json(r) || jsonb_build_object('problem', 'due but not picked up for 10 minutes', 'since', coalesce(r.wake_at, r.run_at))
+      from quickjs.runs r where (r.status = 'queued' and r.run_at < p_now - interval '10 minutes')
+         or (r.status = 'suspended' and r.wake_at < p_now - interval '10 minutes')
+  ) q
+$$;
+comment on function quickjs.find_stuck_runs is 'Runs in a state that should not last; scripts/diagnose-vm-state.ts lists them.';
+
+-- Each repair answers one of find_stuck_runs's problems, in one transaction, with a note in
+-- the run's log.
 create function quickjs.repair_run(p_run_id uuid, p_now timestamptz default now())
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs;
-  -- the default of requeue_expired_leases: a run whose worker vanished this often fails
-  v_max_expirations constant int := 5;
   v_parked int[];
   v_has_snapshot boolean;
   v_settled_before int;
@@ -20,43 +52,29 @@ begin
   if not found then
     perform quickjs.raise_error('RUN_NOT_FOUND', format('run %s does not exist', p_run_id), 'QJ404');
   end if;
-  select parked_calls into v_parked from quickjs.snapshots where run_id = r.id;
-  v_has_snapshot := found;
+  v_parked := quickjs.parked_calls(r);
+  v_has_snapshot := exists (select 1 from quickjs.snapshots where run_id = r.id);
 
   if r.status = 'running' and r.lease_expires_at < p_now then
-    -- the worker vanished: what requeue_expired_leases does, for this run only
-    if r.lease_expirations + 1 >= v_max_expirations then
-      update quickjs.runs set status = 'failed', lease_expirations = lease_expirations + 1,
-        error = jsonb_build_object('code', 'RUN_LEASE_EXPIRED', 'name', 'LeaseExpired',
-          'message', format('the run''s worker stopped %s times without reporting back '
-            '(crash, platform timeout or out of memory)', r.lease_expirations + 1)),
-        lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-        finished_at = p_now, updated_at = p_now
-      where id = r.id returning * into r;
-      delete from quickjs.snapshots where run_id = r.id;
-      perform quickjs.notify_parent(r, p_now);
+    -- the worker vanished: what the lease sweep does, for this run only
+    v_reason := format('lease of %s expired at %s', r.lease_owner, r.lease_expires_at);
+    r := quickjs.lose_lease(r, p_now);
+    if r.status = 'failed' then
       v_action := 'failed';
       v_reason := format('its lease expired %s times; failed', r.lease_expirations);
     else
-      v_reason := format('lease of %s expired at %s; requeued', r.lease_owner, r.lease_expires_at);
-      update quickjs.runs set status = 'queued', run_at = p_now,
-        lease_expirations = lease_expirations + 1, lease_owner = null, lease_expires_at = null,
-        updated_at = p_now
-      where id = r.id returning * into r;
       v_action := 'requeued';
+      v_reason := v_reason || '; requeued';
     end if;
 
   elsif r.status = 'suspended' and not v_has_snapshot then
     -- its VM is gone: nothing can continue it, and waiting would never end
     v_reason := 'suspended without a VM snapshot: the run cannot be resumed';
-    update quickjs.runs set status = 'failed', result = null,
-      error = jsonb_build_object('code', 'RUN_UNRECOVERABLE', 'name', 'RunUnrecoverable',
+    r := quickjs.finish_run(r, 'failed', null,
+      jsonb_build_object('code', 'RUN_UNRECOVERABLE', 'name', 'RunUnrecoverable',
         'message', 'the run was suspended but its VM snapshot is missing, so it cannot be '
           'resumed; failed by quickjs.repair_run'),
-      lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-      finished_at = p_now, updated_at = p_now
-    where id = r.id returning * into r;
-    perform quickjs.notify_parent(r, p_now);
+      p_now);
     v_action := 'failed';
 
   elsif r.status = 'suspended' then
@@ -85,9 +103,7 @@ begin
         when v_settled_after > 0 then 'a call it waits for had settled; queued'
         else format('its wake time %s had passed; queued', r.wake_at) end;
       v_action := case when v_settled_after > v_settled_before then 'settled' else 'queued' end;
-      -- the runs_dispatch trigger announces it
-      update quickjs.runs set status = 'queued', run_at = p_now, wake_at = null, updated_at = p_now
-      where id = r.id returning * into r;
+      r := quickjs.wake_run(r.id, p_now);
     end if;
 
   elsif r.status = 'queued' and r.run_at <= p_now then
@@ -98,9 +114,7 @@ begin
   end if;
 
   if v_action <> 'none' then
-    perform quickjs.append_logs(r.id, r.attempts, jsonb_build_array(jsonb_build_object(
-      'level', 'system', 'at', extract(epoch from p_now) * 1000,
-      'message', format('repair_run: %s (%s)', v_action, v_reason))));
+    perform quickjs.system_log(r, format('repair_run: %s (%s)', v_action, v_reason), p_now);
   end if;
   return jsonb_build_object('action', v_action, 'reason', v_reason, 'run', quickjs.run_json(r));
 end $$;
@@ -118,27 +132,13 @@ language sql stable as $$
     'snapshots', coalesce((
       select jsonb_agg(jsonb_build_object(
           'runId', s.run_id, 'task', r.task_name, 'taskVersion', r.task_version,
-          'status', r.status, 'sizeBytes', s.size_bytes,
-          'memoryBytes', (s.header ->> 'memoryBytes')::bigint,
-          'pageCount', (s.header ->> 'pageCount')::int, 'variant', s.variant,
-          'packageVersion', s.package_version, 'createdAt', s.created_at)
+          'status', r.status, 'sizeBytes', s.size_bytes, 'memoryBytes', s.memory_bytes,
+          'format', s.format, 'wasmSha256', s.wasm_sha256, 'createdAt', s.created_at)
         order by s.size_bytes desc, s.created_at)
       from (select * from quickjs.snapshots order by size_bytes desc, created_at
             limit greatest(p_limit, 0)) s
       join quickjs.runs r on r.id = s.run_id), '[]'))
 $$;
 comment on function quickjs.list_snapshots is
-  'The p_limit largest snapshots (run, task, stored size, VM memory, created) and the count and '
+  'The p_limit largest snapshots (run, task, stored size, VM memory, build, created) and the count and '
   'total size of all of them: a capacity view for diagnose-vm-state.';
-
--- Functions are executable by PUBLIC when created; like the state machine (previous
--- migration), these are for the service side only.
-revoke execute on function quickjs.repair_run(uuid, timestamptz) from public;
-revoke execute on function quickjs.list_snapshots(int) from public;
-do $$
-begin
-  if exists (select 1 from pg_roles where rolname = 'service_role') then
-    grant execute on function quickjs.repair_run(uuid, timestamptz) to service_role;
-    grant execute on function quickjs.list_snapshots(int) to service_role;
-  end if;
-end $$;

@@ -1,0 +1,161 @@
+/**
+ * The shapes of what the SQL functions return (their jsonb, camelCase), written once: the
+ * operation table (operations.ts) names them as each operation's result type.
+ */
+import type { RunError } from "../sandbox/errors.ts";
+import type { Json } from "../sandbox/vm.ts";
+import type { CallStatus, RunStatus } from "../engine/states.ts";
+
+export interface LogLine {
+  level: string;
+  message: string;
+  /** ms since the epoch (writes) or an ISO timestamp (reads). */
+  at: number | string;
+  attempt?: number;
+}
+
+/** A run as the API shows it. */
+export interface RunView {
+  id: string;
+  task: string;
+  taskId: string;
+  taskVersion: number;
+  status: RunStatus;
+  input: Json;
+  result?: Json;
+  error?: RunError;
+  attempts: number;
+  suspensions: number;
+  /** Lost leases in a row (a worker died); too many fails the run. */
+  leaseExpirations?: number;
+  wakeAt?: string;
+  waitingOn?: WaitingOn;
+  parentRunId?: string;
+  parentCallSeq?: number;
+  ownerId?: string;
+  idempotencyKey?: string;
+  leaseOwner?: string;
+  leaseExpiresAt?: string;
+  createdAt: string;
+  updatedAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  logs?: LogLine[];
+  /** enqueue: false when an idempotency key returned an existing run. */
+  created?: boolean;
+  /** cancel: false when the run had already ended. */
+  cancelled?: boolean;
+}
+
+export interface WaitingOn {
+  calls: number[];
+  children?: string[];
+  wakeAt?: string;
+}
+
+export interface CallRecord {
+  seq: number;
+  service: string;
+  path: string[];
+  args: Json[];
+  mode: "inline" | "durable";
+  status: CallStatus;
+  result?: Json;
+  error?: RunError & { data?: Json };
+  attempts: number;
+  idempotencyKey: string;
+  wakeAt?: string;
+  childRunId?: string;
+  createdAt: string;
+  startedAt?: string;
+  completedAt?: string;
+  /** record_call: true when the call had settled before and is delivered from the journal. */
+  replayed?: boolean;
+}
+
+/** A run a worker holds the lease of, with what it needs to continue it. */
+export interface ClaimedRun extends RunView {
+  fencingToken: number;
+  code: string;
+  limits: Record<string, number>;
+  allowedTools: string[] | null;
+  /** The saved VM (its header is inside: sandbox/snapshot.ts readSnapshot), null on a first run. */
+  snapshot: Uint8Array | null;
+  /** The parked calls of the snapshot and every call after it, in order. */
+  calls: CallRecord[];
+}
+
+export interface PublishedTask {
+  id: string;
+  name: string;
+  version: number;
+  changed: boolean;
+  codeSha256: string;
+}
+
+export interface Lease {
+  runId: string;
+  token: number;
+}
+
+/** What quickjs.repair_run did with a run. */
+export interface RepairResult {
+  action: "requeued" | "failed" | "settled" | "queued" | "dispatched" | "none";
+  /** Why, in words (null when nothing was done). */
+  reason: string | null;
+  /** The run afterwards. */
+  run: RunView;
+}
+
+/** quickjs.list_snapshots: a capacity view. */
+export interface SnapshotList {
+  count: number;
+  totalBytes: number;
+  snapshots: {
+    runId: string;
+    task: string;
+    taskVersion: number;
+    status: RunStatus;
+    sizeBytes: number;
+    /** The VM's wasm memory (what a restore allocates). */
+    memoryBytes: number;
+    format: number;
+    wasmSha256: string;
+    createdAt: string;
+  }[];
+}
+
+/** A run as claim_runs returns it in its jsonb column (the snapshot comes in its own, bytea). */
+export type ClaimJson = Omit<ClaimedRun, "snapshot">;
+
+/** What is known of a stored snapshot without reading its bytes: columns derived from its header. */
+export interface SnapshotInfo {
+  runId: string;
+  /** Stored size of the bytes. */
+  sizeBytes: number;
+  format: number;
+  wasmSha256: string;
+  /** The VM's wasm memory (what a restore allocates). */
+  memoryBytes: number;
+  /** The task's last call id when it was taken: later calls are new to the VM. */
+  lastCallId: number;
+  createdAt: string;
+}
+
+/** A run find_stuck_runs lists, with what is wrong and since when. */
+export type StuckRun = RunView & { problem: string; since: string };
+
+/** tools.kv.get. */
+export interface KvEntry {
+  found: boolean;
+  value?: Json;
+  secret?: boolean;
+}
+
+/** A registered external service (quickjs.services). */
+export interface ServiceRow {
+  name: string;
+  url: string;
+  headers: Record<string, string>;
+  timeoutMs: number;
+}
