@@ -35,17 +35,17 @@ Deno.test("a 401 names the Bearer scheme", async () => {
   assert.equal(res.headers.get("www-authenticate"), "Bearer");
 });
 
-Deno.test("store errors keep their code: 404 and 409 as they are, 400 as 422", async () => {
-  const notFound = await mapped(new StoreError("TASK_NOT_FOUND", "task x does not exist", 404));
+Deno.test("store errors keep their code, with the status the code list gives it", async () => {
+  const notFound = await mapped(new StoreError("TASK_NOT_FOUND", "task x does not exist"));
   assert.equal(notFound.status, 404);
   assert.deepEqual(notFound.body.error, {
     code: "TASK_NOT_FOUND",
     message: "task x does not exist",
   });
-  const conflict = await mapped(new StoreError("IDEMPOTENCY_CONFLICT", "key reused", 409));
+  const conflict = await mapped(new StoreError("IDEMPOTENCY_CONFLICT", "key reused"));
   assert.equal(conflict.status, 409);
   assert.equal(conflict.body.error.code, "IDEMPOTENCY_CONFLICT");
-  const refused = await mapped(new StoreError("NOT_PARKED", "nothing parked", 400));
+  const refused = await mapped(new StoreError("NOT_PARKED", "nothing parked"));
   assert.equal(refused.status, 422);
   assert.equal(refused.body.error.code, "NOT_PARKED");
 });
@@ -53,7 +53,7 @@ Deno.test("store errors keep their code: 404 and 409 as they are, 400 as 422", a
 Deno.test("a database error is a 500 INTERNAL that leaks nothing but is logged", async () => {
   const secret = "password authentication failed for user postgres at 10.0.0.5";
   const { value: res, logged } = await quietly(() =>
-    mapped(new StoreError("DATABASE_ERROR", secret, 500))
+    mapped(new StoreError("DATABASE_ERROR", secret))
   );
   assert.equal(res.status, 500);
   assert.equal(res.body.error.code, "INTERNAL");

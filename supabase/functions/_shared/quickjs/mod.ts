@@ -5,6 +5,15 @@
  * outside supabase/functions/, so a deploy bundles only what runs.
  */
 
+// the one error type and every code
+export {
+  ERROR_CODES,
+  type ErrorCode,
+  type ErrorInfo,
+  isErrorCode,
+  QuickJsError,
+} from "./errors.ts";
+
 // the run loop and its configuration
 export {
   type Budget,

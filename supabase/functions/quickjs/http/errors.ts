@@ -1,20 +1,26 @@
 /**
- * HTTP errors: one error class with a stable code, and the one function that turns any
- * error into a JSON response `{ "error": { "code", "message" } }`.
+ * HTTP errors: the library's one error type with the answer's status and headers, and the
+ * one function that turns any error into a JSON response `{ "error": { "code", "message" } }`.
+ * Codes and their statuses come from the library's list (_shared/quickjs/errors.ts).
  */
-import { isDataError, StoreError } from "../../_shared/quickjs/mod.ts";
+import {
+  type ErrorCode,
+  isDataError,
+  QuickJsError,
+  StoreError,
+} from "../../_shared/quickjs/mod.ts";
 
-export class HttpError extends Error {
+export class HttpError extends QuickJsError {
   override name = "HttpError";
   readonly headers: Headers;
 
   constructor(
-    readonly status: number,
-    readonly code: string,
+    status: number,
+    code: ErrorCode,
     message: string,
     options: { headers?: HeadersInit; cause?: unknown } = {},
   ) {
-    super(message, { cause: options.cause });
+    super(code, message, { cause: options.cause, status });
     this.headers = new Headers(options.headers);
   }
 }
@@ -39,9 +45,9 @@ function toHttpError(e: unknown): HttpError {
       cause: e,
     });
   }
-  if (e instanceof StoreError && e.status >= 400 && e.status < 500) {
-    // QJ400 means the database refused the request's content: the body was unprocessable
-    return new HttpError(e.status === 400 ? 422 : e.status, e.code, e.message, { cause: e });
+  // the client's fault (a task or run that does not exist, a conflict): its code and status
+  if (e instanceof QuickJsError && e.status >= 400 && e.status < 500) {
+    return new HttpError(e.status, e.code, e.message, { cause: e });
   }
   console.error("quickjs: internal error while handling a request:", e);
   return new HttpError(500, "INTERNAL", "internal error; the details are in the function's log", {

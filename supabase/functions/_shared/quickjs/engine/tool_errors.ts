@@ -1,13 +1,29 @@
 /**
- * Errors of the engine layer. A ToolError rejects the task's await with an Error whose
- * name, message and code the task can read; EngineError is the engine's own failure.
+ * Errors of the tools: a ToolError rejects the task's await with an Error whose name,
+ * message and code (one of ../errors.ts) the task can read, with optional data.
  */
+import { type ErrorCode, QuickJsError } from "../errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 
-export class ToolError extends Error {
+export class ToolError extends QuickJsError {
   override name = "ToolError";
-  constructor(readonly code: string, message: string, readonly data?: Json) {
+  constructor(code: ErrorCode, message: string, readonly data?: Json) {
+    super(code, message);
+  }
+}
+
+/**
+ * A registered service's error answer: its code is the service's own (any UPPER_SNAKE
+ * word), handed to the task as it is; our codes stay in ../errors.ts.
+ */
+export class ServiceError extends Error {
+  override name = "ToolError";
+  constructor(readonly code: string, message: string, readonly status: number) {
     super(message);
+  }
+
+  get data(): Json {
+    return { status: this.status };
   }
 }
 
@@ -20,7 +36,7 @@ export interface CallError {
 }
 
 export function toCallError(e: unknown): CallError {
-  if (e instanceof ToolError) {
+  if (e instanceof ToolError || e instanceof ServiceError) {
     return {
       code: e.code,
       name: e.name,

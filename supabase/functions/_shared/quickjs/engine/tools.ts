@@ -7,7 +7,7 @@ import type { HostCall, Json } from "../sandbox/vm.ts";
 import type { Store } from "../store/store.ts";
 import { MAX_SLEEP_MS, parseDuration } from "./durations.ts";
 import { httpFetch, type HttpToolOptions } from "./http_tool.ts";
-import { type CallError, toCallError, ToolError } from "./tool_errors.ts";
+import { type CallError, ServiceError, toCallError, ToolError } from "./tool_errors.ts";
 
 /** What an invoked tool learns about the call. */
 export interface ToolCallContext {
@@ -292,13 +292,14 @@ async function callService(
   }
   if (!response.ok) {
     const error = (body as { error?: { code?: unknown; message?: unknown } } | null)?.error;
-    throw new ToolError(
-      typeof error?.code === "string" ? error.code : "SERVICE_ERROR",
-      typeof error?.message === "string"
-        ? error.message
-        : `${service.name}.${method}: HTTP ${response.status}`,
-      { status: response.status },
-    );
+    const message = typeof error?.message === "string"
+      ? error.message
+      : `${service.name}.${method}: HTTP ${response.status}`;
+    // the service's own code is the service's vocabulary, not ours: relayed as it is
+    if (typeof error?.code === "string") {
+      throw new ServiceError(error.code, message, response.status);
+    }
+    throw new ToolError("SERVICE_ERROR", message, { status: response.status });
   }
   if (body && typeof body === "object" && !Array.isArray(body) && "result" in body) {
     return (body as { result: Json }).result;

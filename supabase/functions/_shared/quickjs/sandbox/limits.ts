@@ -2,7 +2,7 @@
  * The sandbox's limits, each a named value with a named check, so tests can aim at one
  * limit at a time and every breach ends the run with a stable code.
  */
-import type { SandboxErrorCode } from "./errors.ts";
+import type { ErrorCode } from "../errors.ts";
 
 export interface SandboxLimits {
   /** QuickJS allocator limit. A task's heap beyond it gets "out of memory". */
@@ -122,7 +122,7 @@ export class InterruptWatch {
 }
 
 /** Maps what QuickJS throws when a limit is hit to the run's error code. */
-export function limitErrorCode(name: string, message: string): SandboxErrorCode | undefined {
+export function limitErrorCode(name: string, message: string): ErrorCode | undefined {
   if (name !== "InternalError") return undefined;
   if (message === "interrupted") return "SANDBOX_TIMEOUT";
   if (message === "out of memory") return "SANDBOX_MEMORY";

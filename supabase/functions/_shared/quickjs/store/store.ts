@@ -2,6 +2,7 @@
  * The engine's only way to the database: one typed method per SQL operation, over a
  * driver that knows how to call a function (postgres.js, PGlite or supabase-js).
  */
+import { type ErrorCode, isErrorCode, QuickJsError } from "../errors.ts";
 import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
@@ -51,29 +52,26 @@ export interface SqlDriver {
 }
 
 /** A database error with a stable code (the HINT of errors raised by quickjs.raise_error). */
-export class StoreError extends Error {
+export class StoreError extends QuickJsError {
   override name = "StoreError";
-  constructor(
-    readonly code: string,
-    message: string,
-    /** 404, 409, 400 for the QJ4xx SQLSTATEs; 500 for anything else. */
-    readonly status: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
+    super(code, message, options);
   }
 
-  /** Maps a driver's error ({ code: SQLSTATE, hint, message }) to a StoreError. */
+  /**
+   * Maps a driver's error ({ code: SQLSTATE, hint, message }) to a StoreError: SQL raises
+   * QJ4xx with one of the listed codes in HINT (quickjs.raise_error); anything else is a
+   * DATABASE_ERROR, its SQLSTATE kept in the cause.
+   */
   static from(e: unknown): StoreError {
     if (e instanceof StoreError) return e;
     const err = (e ?? {}) as { code?: unknown; hint?: unknown; message?: unknown };
     const sqlstate = typeof err.code === "string" ? err.code : "";
     const message = typeof err.message === "string" ? err.message : String(e);
-    if (/^QJ\d{3}$/.test(sqlstate)) {
-      const code = typeof err.hint === "string" && err.hint ? err.hint : "DATABASE_ERROR";
-      return new StoreError(code, message, Number(sqlstate.slice(2)), { cause: e });
+    if (/^QJ\d{3}$/.test(sqlstate) && isErrorCode(err.hint)) {
+      return new StoreError(err.hint, message, { cause: e });
     }
-    return new StoreError("DATABASE_ERROR", message, 500, { cause: e });
+    return new StoreError("DATABASE_ERROR", message, { cause: e });
   }
 }
 
