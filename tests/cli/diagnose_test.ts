@@ -445,7 +445,7 @@ test("diagnose snapshots (real process) shows the largest snapshots", async (db)
   assert.match(
     r.stdout,
     new RegExp(
-      `^${id}\\s+\\S+ v1\\s+suspended\\s+[\\d.]+ KiB\\s+[\\d.]+ MiB\\s+format 1, wasm [0-9a-f]{12}\\s`,
+      `^${id}\\s+\\S+ v1\\s+suspended\\s+[\\d.]+ KiB\\s+[\\d.]+ MiB\\s+format \\d+, wasm [0-9a-f]{12}\\s`,
       "m",
     ),
   );
