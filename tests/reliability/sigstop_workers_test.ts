@@ -84,6 +84,9 @@ test(
         [],
         "the stale worker sent a call another worker had already settled",
       );
+    } catch (e) {
+      console.log([stale, fresh].map((w) => w?.tail() ?? "").join("\n"));
+      throw e;
     } finally {
       await point.release();
       await Promise.all([stale.stop(), fresh?.stop()]);
@@ -129,6 +132,9 @@ test(
           `worker reported the run ${status} and kv holds ${JSON.stringify(row?.value)}`,
       );
       assert.equal(row?.value, "final", "the stale worker's kv.set landed after the run ended");
+    } catch (e) {
+      console.log([stale, fresh].map((w) => w?.tail() ?? "").join("\n"));
+      throw e;
     } finally {
       await point.release();
       await Promise.all([stale.stop(), fresh?.stop()]);
@@ -190,6 +196,9 @@ test(
       );
       assert.equal(children.length, 1, "one child run: the stale worker started none");
       assert.match(status, /^lost/, "the stale worker was refused (STALE_LEASE) and gave up");
+    } catch (e) {
+      console.log([stale, fresh].map((w) => w?.tail() ?? "").join("\n"));
+      throw e;
     } finally {
       await point.release();
       await Promise.all([stale.stop(), fresh?.stop()]);
