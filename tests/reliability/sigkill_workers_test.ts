@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
 import { ROOT } from "../support/cli.ts";
-import { recordingService, registerService, stepAnswer } from "../support/recording_service.ts";
+import { expectedTotal, recordingService, registerService } from "../support/recording_service.ts";
 import { auditRuns, finalCount } from "../support/run_audit.ts";
 import {
   LONG,
@@ -23,13 +23,6 @@ const { test } = dbTests("reliability_sigkill");
 const SHAPE = LONG
   ? { runs: 200, steps: 10, workers: 3, kills: 50, killEveryMs: [200, 900], drainMs: 300_000 }
   : { runs: 30, steps: 6, workers: 2, kills: 5, killEveryMs: [300, 900], drainMs: 40_000 };
-
-/** What steps.js returns for an input: the service's answers folded as the task folds them. */
-export function expectedTotal(input: { x: number; steps: number }) {
-  let total = 0;
-  for (let i = 0; i < input.steps; i++) total = (total * 7 + stepAnswer(input.x, i)) % 1000003;
-  return { x: input.x, total };
-}
 
 test(
   `random SIGKILL of ${SHAPE.workers} workers during ${SHAPE.runs} runs of ${SHAPE.steps} service calls: none lost, none wrong, no settled call sent again`,

@@ -32,6 +32,26 @@ async function resume(stale: WorkerProcess, runId: string): Promise<string> {
   return line.status + (line.error ? ` (${line.error})` : "");
 }
 
+/** The journal as "seq service status attempts" lines: where the stale worker froze. */
+async function journal(db: TestDb, runId: string): Promise<string[]> {
+  const rows = await db.query<{ line: string }>(
+    `select seq || ' ' || service || ' ' || status || ' ' || attempts as line
+     from quickjs.calls where run_id = $1 order by seq`,
+    [runId],
+  );
+  return rows.map((r) => r.line);
+}
+
+/** Once the worker's statement has committed (it runs on after the lock is released). */
+async function journalBecomes(db: TestDb, runId: string, expected: string[]): Promise<void> {
+  let last: string[] = [];
+  await waitFor("the frozen worker's statement commits", async () => {
+    last = await journal(db, runId);
+    return JSON.stringify(last) === JSON.stringify(expected);
+  }, 5000).catch(() => {});
+  assert.deepEqual(last, expected, "the stale worker froze right after journaling this call");
+}
+
 async function callSettledAt(db: TestDb, runId: string, seq: number): Promise<number> {
   const [row] = await db.query<{ ms: number }>(
     `select (extract(epoch from completed_at) * 1000)::float8 as ms from quickjs.calls
@@ -61,6 +81,7 @@ test(
     let fresh: WorkerProcess | undefined;
     try {
       await point.freeze(stale);
+      await journalBecomes(db, run.id, ["1 rec succeeded 1", "2 rec started 1"]);
       fresh = startWorker({ db: db.url!, id: "fresh-service-b" });
       const done = await completed(db, run.id);
       assert.deepEqual(done.result, ["before", "the call"]);
@@ -119,6 +140,7 @@ test(
     let fresh: WorkerProcess | undefined;
     try {
       await point.freeze(stale);
+      await journalBecomes(db, run.id, ["1 kv started 1"]);
       fresh = startWorker({ db: db.url!, id: "fresh-kv-b" });
       const done = await completed(db, run.id);
       assert.equal(done.result, "final");
@@ -181,6 +203,7 @@ test(
     let fresh: WorkerProcess | undefined;
     try {
       await point.freeze(stale);
+      await journalBecomes(db, run.id, ["1 rec succeeded 1"]);
       fresh = startWorker({ db: db.url!, id: "fresh-child-b" });
       const done = await completed(db, run.id);
       assert.deepEqual(done.result, { a: "before", kid: { kid: 7 } });

@@ -40,9 +40,14 @@ async function freezeWhenBlocked(
   timeoutMs: number,
 ): Promise<void> {
   await waitFor(`${worker.id}'s ${operation} to wait on the test's lock`, async () => {
+    // blocked by the test's connection, or queued behind the worker's own heartbeat that
+    // is (a row lock's second waiter waits on the first, not on the holder); not the
+    // worker's statements waiting on each other
     const rows = await db.query<{ pid: number }>(
-      `select pid from pg_stat_activity
-       where $1 = any (pg_blocking_pids(pid)) and query like '%quickjs.' || $2 || '(%'`,
+      `select a.pid from pg_stat_activity a
+       where a.datname = current_database() and a.query like '%quickjs.' || $2 || '(%'
+         and ($1 = any (pg_blocking_pids(a.pid)) or exists (
+           select 1 from unnest(pg_blocking_pids(a.pid)) b where $1 = any (pg_blocking_pids(b))))`,
       [blocker, operation],
     );
     return rows.length > 0;

@@ -30,6 +30,13 @@ export function stepAnswer(x: number, i: number): number {
   return (x * 31 + i * 17) % 1009;
 }
 
+/** What steps.js returns for an input: the service's answers folded as the task folds them. */
+export function expectedTotal(input: { x: number; steps: number }) {
+  let total = 0;
+  for (let i = 0; i < input.steps; i++) total = (total * 7 + stepAnswer(input.x, i)) % 1000003;
+  return { x: input.x, total };
+}
+
 /**
  * Answers `step(x, i)` with stepAnswer after `delayMs()` (a little latency, so kills land in
  * the middle of calls); `onRequest` may take over a request (return a Response) or act on it.
