@@ -80,7 +80,7 @@ test(
         received: service.received,
         expected: expectedTotal,
         kvPrefix: "total:",
-        faults: kills,
+        faults: kills.map((t) => [t, t]),
       });
       const f = audit.figures;
       console.log(

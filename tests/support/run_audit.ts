@@ -51,8 +51,10 @@ interface CallRow {
 }
 
 /**
- * `expected(input)` is what a run must return (`{ total }`, also written to kv); `faults` the times (Date.now()) a fault was dealt: a re-sent
- * request must have a fault between it and the one before.
+ * `expected(input)` is what a run must return (`{ total }`, also written to kv); `faults`
+ * when faults were dealt (Date.now() from and to: a kill is an instant, a database crash
+ * lasts until it is up again): a re-sent request must have a fault between it and the one
+ * before.
  */
 export async function auditRuns(db: TestDb, options: {
   task: string;
@@ -61,7 +63,7 @@ export async function auditRuns(db: TestDb, options: {
   expected: (input: { x: number; steps: number }) => unknown;
   /** The run writes its total to kv key `${kvPrefix}${input.x}`. */
   kvPrefix?: string;
-  faults: number[];
+  faults: [number, number][];
 }): Promise<Audit> {
   const runs = await db.query<RunRow>(
     `select r.id::text, r.status::text, r.input, r.result, r.error,
@@ -115,7 +117,6 @@ export async function auditRuns(db: TestDb, options: {
   const journal = new Map(calls.map((c) => [`${c.run_id}:${c.seq}`, c]));
   let resent = 0;
   let restartedUnsent = 0;
-  const faults = [...options.faults].sort((a, b) => a - b);
   for (const [key, sent] of requests) {
     const call = journal.get(key);
     if (!call) {
@@ -143,7 +144,7 @@ export async function auditRuns(db: TestDb, options: {
       if (now.attempt <= before.attempt) {
         breaches.push(`${key} was sent as attempt ${now.attempt} after attempt ${before.attempt}`);
       }
-      if (!faults.some((t) => t >= before.at && t <= now.at)) {
+      if (!options.faults.some(([from, to]) => to >= before.at && from <= now.at)) {
         breaches.push(
           `${key} was sent again (attempt ${now.attempt}) with no fault since attempt ${before.attempt}`,
         );
