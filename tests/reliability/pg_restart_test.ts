@@ -15,6 +15,7 @@ import {
 import { expectedTotal, recordingService, registerService } from "../support/recording_service.ts";
 import { auditRuns, finalCount } from "../support/run_audit.ts";
 import {
+  faultAt,
   LONG,
   seeded,
   sleep,
@@ -25,8 +26,8 @@ import {
 import type { TestDb } from "../support/db.ts";
 
 const SHAPE = LONG
-  ? { runs: 150, steps: 10, workers: 3, restarts: 6, everyMs: [1500, 4000], downMs: [200, 3000] }
-  : { runs: 30, steps: 6, workers: 2, restarts: 2, everyMs: [1500, 2500], downMs: [300, 1500] };
+  ? { runs: 150, steps: 10, workers: 3, restarts: 6, downMs: [200, 3000] }
+  : { runs: 30, steps: 6, workers: 2, restarts: 2, downMs: [300, 1500] };
 
 const LEASE_SECONDS = 3;
 const unavailable = clusterUnavailable();
@@ -78,7 +79,9 @@ Deno.test({
       };
       const crashes: [number, number][] = [];
       while (crashes.length < SHAPE.restarts) {
-        await sleep(between(SHAPE.everyMs));
+        const at = faultAt(crashes.length, SHAPE.restarts, SHAPE.runs * SHAPE.steps);
+        await waitFor("the next crash's turn", () => service.received.length >= at, 90_000);
+        await sleep(random() * 300);
         if (await allFinal()) break;
         const from = Date.now();
         await cluster.crashAndRestart(between(SHAPE.downMs));

@@ -10,6 +10,7 @@ import { ROOT } from "../support/cli.ts";
 import { expectedTotal, recordingService, registerService } from "../support/recording_service.ts";
 import { auditRuns, finalCount } from "../support/run_audit.ts";
 import {
+  faultAt,
   LONG,
   seeded,
   sleep,
@@ -21,8 +22,8 @@ import {
 const { test } = dbTests("reliability_sigkill");
 
 const SHAPE = LONG
-  ? { runs: 200, steps: 10, workers: 3, kills: 50, killEveryMs: [200, 900], drainMs: 300_000 }
-  : { runs: 30, steps: 6, workers: 2, kills: 5, killEveryMs: [300, 900], drainMs: 40_000 };
+  ? { runs: 200, steps: 10, workers: 3, kills: 50, drainMs: 300_000 }
+  : { runs: 30, steps: 6, workers: 2, kills: 5, drainMs: 40_000 };
 
 test(
   `random SIGKILL of ${SHAPE.workers} workers during ${SHAPE.runs} runs of ${SHAPE.steps} service calls: none lost, none wrong, no settled call sent again`,
@@ -54,8 +55,9 @@ test(
       // kill one worker at a time, at random, and start a new one in its place
       const kills: number[] = [];
       while (kills.length < SHAPE.kills) {
-        const [lo, hi] = SHAPE.killEveryMs as [number, number];
-        await sleep(lo + random() * (hi - lo));
+        const at = faultAt(kills.length, SHAPE.kills, SHAPE.runs * SHAPE.steps);
+        await waitFor("the next kill's turn", () => service.received.length >= at, 60_000);
+        await sleep(random() * 200);
         const { final, all } = await finalCount(db, "steps");
         if (final === all) break; // nothing left to kill in the middle of
         const victim = workers.splice(Math.floor(random() * workers.length), 1)[0]!;

@@ -132,6 +132,15 @@ export async function waitFor<T>(
   }
 }
 
+/**
+ * Where the i-th of n faults is dealt, as a count of service requests out of the `total`
+ * expected: spread evenly over the first 90%, so every fault lands under load however fast
+ * the machine is.
+ */
+export function faultAt(i: number, n: number, total: number): number {
+  return Math.max(1, Math.floor((total * 0.9 * (i + 1)) / (n + 1)));
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A seeded pseudo-random generator (mulberry32), so a failing schedule can be repeated. */
