@@ -132,7 +132,7 @@ Deno.test({
     } finally {
       await Promise.all(workers.map((w) => w.stop()));
       await service.close();
-      await db?.close({ drop: true });
+      await db?.close();
       if (cluster && passed) await cluster.destroy();
       else if (cluster) {
         await cluster.stop();
