@@ -157,6 +157,7 @@ export class WorkerLoop {
         if (free > 0 && this.#wanted) {
           this.#wanted = false;
           let claimed: ClaimedRun[];
+          const claimedAt = performance.now();
           try {
             claimed = await this.#store.claimRuns({
               worker: this.#engine.workerId,
@@ -172,7 +173,7 @@ export class WorkerLoop {
             continue;
           }
           // launched even when stop() came meanwhile: the yield signal hands them over
-          for (const run of claimed) this.#launch(run);
+          for (const run of claimed) this.#launch(run, claimedAt);
           // a full batch: more may be due
           if (claimed.length === free) this.#wanted = true;
           continue;
@@ -189,8 +190,8 @@ export class WorkerLoop {
     return this.#stats;
   }
 
-  #launch(run: ClaimedRun): void {
-    const work = this.#engine.runClaimed(run, { yield: this.#yield.signal }).then(
+  #launch(run: ClaimedRun, claimedAt: number): void {
+    const work = this.#engine.runClaimed(run, { yield: this.#yield.signal, claimedAt }).then(
       (result) => {
         if (result.wakeAt && result.status === "suspended") {
           const at = Date.parse(result.wakeAt);

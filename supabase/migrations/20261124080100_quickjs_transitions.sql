@@ -703,6 +703,45 @@ begin
 end $$;
 comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key existed.';
 
+-- tools.kv as one journaled effect: the fence, the journal entry, the change and the outcome
+-- commit in one transaction. A worker whose lease was taken over changes nothing (its
+-- record_call raises STALE_LEASE before the change), and a kv call takes effect once: after
+-- a crash its outcome comes from the journal (a secret read is read again: the journal keeps
+-- only a marker). p_args is what the journal keeps (a secret write's value redacted).
+create function quickjs.kv_call(
+  p_run_id uuid, p_token bigint, p_seq int, p_op text, p_key text, p_value jsonb,
+  p_secret boolean, p_args jsonb, p_logs jsonb default '[]', p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  v_call jsonb := quickjs.record_call(p_run_id, p_token, p_seq, 'kv', array[p_op], p_args,
+    'inline', null, p_now);
+  v_result jsonb;
+  v_secret boolean := false;
+  k quickjs.kv;
+begin
+  if (v_call ->> 'replayed')::boolean
+    and not (p_op = 'get' and v_call -> 'result' = '{"$secret": true}') then
+    return jsonb_build_object('call', v_call, 'value', coalesce(v_call -> 'result', 'null'),
+      'secret', false);
+  end if;
+  if p_op = 'get' then
+    select * into k from quickjs.kv where key = p_key;
+    v_result := case when found then k.value else 'null' end;
+    v_secret := coalesce(k.secret, false);
+  elsif p_op = 'set' then
+    perform quickjs.kv_set(p_key, p_value, p_secret);
+    v_result := 'null';
+  else
+    v_result := to_jsonb(quickjs.kv_delete(p_key));
+  end if;
+  v_call := quickjs.settle_call(p_run_id, p_token, p_seq, true,
+    case when v_secret then '{"$secret": true}' else v_result end, null, p_logs, p_now);
+  return jsonb_build_object('call', v_call, 'value', v_result, 'secret', v_secret);
+end $$;
+comment on function quickjs.kv_call is
+  'tools.kv.get/set/delete for a run: fenced by its lease, journaled and applied in one '
+  'transaction, so a stale worker changes nothing and each call takes effect once.';
+
 create function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
   select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms)
   from quickjs.services where name = p_name

@@ -168,7 +168,26 @@ test("a stale worker's transitions are refused with STALE_LEASE and change nothi
     ["recordCall", () => recordSleep(store, a, 2, at(3600), at(32))],
     ["startChild", () => store.startChild(stale, { seq: 2, task: childTask, input: 1 }, at(32))],
     ["appendLogs", () => store.appendLogs(stale, [{ level: "log", message: "from a", at: 0 }])],
+    ["kvCall set", () =>
+      store.kvCall(stale, {
+        seq: 3,
+        op: "set",
+        key: `stale-${a.id}`,
+        value: "from a",
+        secret: false,
+        args: [`stale-${a.id}`, "from a"],
+      }, at(32))],
+    ["kvCall delete", () =>
+      store.kvCall(stale, {
+        seq: 3,
+        op: "delete",
+        key: `kept-${a.id}`,
+        value: null,
+        secret: false,
+        args: [`kept-${a.id}`],
+      }, at(32))],
   ];
+  await store.kvSet(`kept-${a.id}`, "kept");
   for (const [name, attempt] of attempts) {
     const error = await rejectsWith(attempt(), "STALE_LEASE", 409);
     assert.match(error.message, /no longer leased/, name);
@@ -184,6 +203,9 @@ test("a stale worker's transitions are refused with STALE_LEASE and change nothi
   assert.equal(await store.getSnapshot(a.id), null);
   const logs = (await store.getRun(a.id))?.logs ?? [];
   assert.ok(!logs.some((l) => l.message === "from a"), JSON.stringify(logs));
+  // the stale worker's kv writes changed nothing
+  assert.deepEqual(await store.kvGet(`stale-${a.id}`), { found: false });
+  assert.equal((await store.kvGet(`kept-${a.id}`)).value, "kept");
   const [children] = await db.query<{ n: number }>(
     "select count(*)::int as n from quickjs.runs where parent_run_id = $1",
     [a.id],
@@ -307,7 +329,7 @@ test("suspend_run with neither a wake time nor a child fails with NOT_WAKEABLE a
     args: [],
     mode: "durable",
   }, at(1));
-  await rejectsWith(suspend(store, run, { calls: [1], now: at(2) }), "NOT_WAKEABLE", 400);
+  await rejectsWith(suspend(store, run, { calls: [1], now: at(2) }), "NOT_WAKEABLE", 422);
   const row = await runRow(db, run.id);
   assert.equal(row.status, "running");
   assert.equal(Number(row.fencing_token), run.fencingToken);

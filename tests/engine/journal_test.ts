@@ -258,9 +258,11 @@ test("two durable sleeps due at the same resume are delivered in deadline order"
 class CountingStore extends Store {
   kvGets = 0;
   afterSettle: ((seq: number) => void) | undefined;
-  override kvGet(key: string) {
-    this.kvGets++;
-    return super.kvGet(key);
+  override async kvCall(...args: Parameters<Store["kvCall"]>) {
+    if (args[1].op === "get") this.kvGets++;
+    const done = await super.kvCall(...args);
+    this.afterSettle?.(done.call.seq); // kv calls settle in the same transaction
+    return done;
   }
   override async settleCall(...args: Parameters<Store["settleCall"]>) {
     const record = await super.settleCall(...args);

@@ -158,10 +158,5 @@ test(
   },
   {
     serverOnly: SERVER_ONLY,
-    ignore: "KNOWN BUG (service body errors unnamed): callService reads the reply's body " +
-      "outside its try/catch, so a body that stalls past timeout_ms fails with TOOL_FAILED " +
-      '("The operation was aborted due to timeout") instead of SERVICE_TIMEOUT, and a ' +
-      'connection dropped mid-body with TOOL_FAILED ("error reading a body from connection") ' +
-      "instead of SERVICE_ERROR",
   },
 );

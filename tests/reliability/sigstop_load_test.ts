@@ -123,10 +123,5 @@ test(
   },
   {
     serverOnly: "runs worker processes, which cannot open the tests' in-memory PGlite",
-    ignore: "KNOWN BUG (stale external call): a worker woken from SIGSTOP after its lease " +
-      "passed on sends the service call it had journaled, though another worker has settled " +
-      "it (intermittent here: when a pause lands between record_call and the send; about 1 " +
-      "run in 3 at the CI size, every run at the long one so far; sigstop_workers_test.ts " +
-      "hits it every time)",
   },
 );

@@ -116,9 +116,6 @@ test(
   },
   {
     serverOnly: SERVER_ONLY,
-    ignore: "KNOWN BUG (stale external call): a worker sends a journaled service call without " +
-      "checking its lease first; paused right after record_call, it sends it on SIGCONT " +
-      "though another worker has settled it",
   },
 );
 
@@ -135,12 +132,13 @@ test(
     });
     const key = `stale-kv-${crypto.randomUUID()}`;
     const run = await db.store.enqueueRun({ task: "stale_kv", input: { key } });
-    const point = await freezeAfterRecording(db, run.id, 1);
+    // kv_call journals and applies the write in one transaction: frozen right after it
+    const point = await freezeAfterRecording(db, run.id, 1, "kv_call");
     const stale = startWorker({ db: db.url!, id: "stale-kv-a" });
     let fresh: WorkerProcess | undefined;
     try {
       await point.freeze(stale);
-      await journalBecomes(db, run.id, ["1 kv started 1"]);
+      await journalBecomes(db, run.id, ["1 kv succeeded 1"]);
       fresh = startWorker({ db: db.url!, id: "fresh-kv-b" });
       const done = await completed(db, run.id);
       assert.equal(done.result, "final");
@@ -164,9 +162,6 @@ test(
   },
   {
     serverOnly: SERVER_ONLY,
-    ignore: "KNOWN BUG (unfenced kv): quickjs.kv_set / kv_delete take no fencing token; a " +
-      "worker paused right after journaling kv.set writes it on SIGCONT, over the value the " +
-      "run's new worker wrote",
   },
 );
 
@@ -183,12 +178,12 @@ test(
     });
     const key = `stale-kv-delete-${crypto.randomUUID()}`;
     const run = await db.store.enqueueRun({ task: "stale_kv_delete", input: { key } });
-    const point = await freezeAfterRecording(db, run.id, 1);
+    const point = await freezeAfterRecording(db, run.id, 1, "kv_call");
     const stale = startWorker({ db: db.url!, id: "stale-kv-delete-a" });
     let fresh: WorkerProcess | undefined;
     try {
       await point.freeze(stale);
-      await journalBecomes(db, run.id, ["1 kv started 1"]);
+      await journalBecomes(db, run.id, ["1 kv succeeded 1"]);
       fresh = startWorker({ db: db.url!, id: "fresh-kv-delete-b" });
       const done = await completed(db, run.id);
       assert.equal(done.result, "final");
@@ -213,9 +208,6 @@ test(
   },
   {
     serverOnly: SERVER_ONLY,
-    ignore: "KNOWN BUG (unfenced kv): quickjs.kv_delete takes no fencing token; a worker " +
-      "paused right after journaling kv.delete deletes on SIGCONT the value the run's new " +
-      "worker wrote",
   },
 );
 

@@ -187,12 +187,20 @@ function contractSuite(
       wakeAt: at(10),
     }, T0);
     await s.settleCall(leaseOf(run), { seq: 1, ok: true, result: null }, T0);
-    const child = await s.startChild(leaseOf(run), { seq: 2, task, input: 2 }, T0);
+    await s.kvCall(leaseOf(run), {
+      seq: 2,
+      op: "set",
+      key: "shape",
+      value: 1,
+      secret: false,
+      args: ["shape", 1],
+    }, T0);
+    const child = await s.startChild(leaseOf(run), { seq: 3, task, input: 2 }, T0);
     await s.suspendRun(leaseOf(run), {
       snapshot: fakeSnapshotBytes(64),
-      header: fakeHeader([2], 2),
+      header: fakeHeader([3], 3),
       wakeAt: null,
-      waitingOn: { calls: [2], children: [child.childRunId!] },
+      waitingOn: { calls: [3], children: [child.childRunId!] },
     }, T0);
     await s.getSnapshot(run.id);
     await s.getRun(run.id);
@@ -977,7 +985,7 @@ function contractSuite(
     },
   );
 
-  it("suspendRun without parked calls fails with NOT_PARKED (400)", async (_db, store) => {
+  it("suspendRun without parked calls fails with NOT_PARKED (422)", async (_db, store) => {
     const run = await startRun(store);
     await rejectsWith(
       store.suspendRun(leaseOf(run), {
@@ -987,7 +995,7 @@ function contractSuite(
         waitingOn: { calls: [] },
       }, at(1)),
       "NOT_PARKED",
-      400,
+      422,
     );
     assert.equal((await store.getRun(run.id))?.status, "running");
   });

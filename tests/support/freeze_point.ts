@@ -66,6 +66,8 @@ export async function freezeAfterRecording(
   db: TestDb,
   runId: string,
   seq: number,
+  /** The statement that journals the call: record_call, or kv_call (which also applies it). */
+  operation = "record_call",
 ): Promise<FreezePoint> {
   const h = await holder(db);
   await h.conn.unsafe("set session_replication_role = replica");
@@ -77,7 +79,7 @@ export async function freezeAfterRecording(
   );
   return {
     freeze: (worker, timeoutMs = 30_000) =>
-      freezeWhenBlocked(db, h.pid, "record_call", worker, () => h.end("rollback"), timeoutMs),
+      freezeWhenBlocked(db, h.pid, operation, worker, () => h.end("rollback"), timeoutMs),
     release: () => h.end("rollback"),
   };
 }

@@ -44,10 +44,19 @@ export const SUPABASE_FREE: Readonly<IsolateLimits> = Object.freeze({
   cpuMarginMs: 200,
 });
 
-/** CPU this process has spent, in ms: every thread, so an over- rather than undercount. */
+/**
+ * CPU this process has spent, in ms (every thread: an over- rather than an undercount), or
+ * NaN where the runtime cannot tell: Deno 2.1 (Supabase's edge runtime today) has no
+ * process.cpuUsage(), and there the worker's CPU limit is left to the per-invocation budget.
+ */
 export function processCpuMs(): number {
-  const { user, system } = process.cpuUsage();
-  return (user + system) / 1000;
+  if (typeof process.cpuUsage !== "function") return NaN;
+  try {
+    const { user, system } = process.cpuUsage();
+    return (user + system) / 1000;
+  } catch {
+    return NaN;
+  }
 }
 
 export class IsolateLife {
@@ -92,7 +101,10 @@ export class IsolateLife {
    * cannot spend more CPU than wall time, so the figure is capped at the worker's age.
    */
   cpuMs(): number {
-    return Math.min(processCpuMs() - this.#cpuAtStart, performance.now() - this.#startedAt);
+    const spent = processCpuMs() - this.#cpuAtStart;
+    // unknown: count none (comparisons with NaN would never end a budget, but be explicit)
+    if (Number.isNaN(spent)) return 0;
+    return Math.min(spent, performance.now() - this.#startedAt);
   }
 
   /** Wall time left before the runtime ends the worker, less the margin. */

@@ -135,6 +135,7 @@ export class Engine {
   async claimAndRun(
     options: { runId?: string; limit?: number } & InvocationSignals = {},
   ): Promise<InvocationResult[]> {
+    const claimedAt = performance.now();
     const claimed = await this.store.claimRuns({
       worker: this.workerId,
       limit: options.limit ?? 1,
@@ -145,7 +146,7 @@ export class Engine {
     // one run's trouble (the database gone mid-run) must not hide the others' results
     return await Promise.all(
       claimed.map((run) =>
-        this.runClaimed(run, options).catch((e): InvocationResult => ({
+        this.runClaimed(run, { ...options, claimedAt }).catch((e): InvocationResult => ({
           runId: run.id,
           task: run.task,
           status: "error",
@@ -175,6 +176,8 @@ export interface InvocationSignals {
    * invocation (a worker shutting down gracefully).
    */
   yield?: AbortSignal;
+  /** performance.now() when the claim that leased the run was sent (default: now). */
+  claimedAt?: number;
 }
 
 /** Marks the end of an invocation that lost its lease; unwinds to Invocation.run. */
@@ -231,6 +234,12 @@ class Invocation {
   #logs: LogLine[] = [];
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  /**
+   * When (performance.now()) the last claim or heartbeat that set the lease was sent: the
+   * database's lease runs from a moment after it, so the lease surely holds until
+   * `#leaseFrom` + leaseSeconds.
+   */
+  #leaseFrom: number;
 
   constructor(engine: Engine, run: ClaimedRun, signals: InvocationSignals) {
     this.#engine = engine;
@@ -245,6 +254,7 @@ class Invocation {
     }
     this.#signals = signals;
     this.#yield = signals.yield;
+    this.#leaseFrom = signals.claimedAt ?? performance.now();
     signals.abort?.addEventListener("abort", this.#onAbort, { once: true });
     signals.yield?.addEventListener("abort", this.#onYield, { once: true });
     engine.isolate.unloading.addEventListener("abort", this.#onYield, { once: true });
@@ -513,6 +523,25 @@ class Invocation {
         }
         return { kind: "child", childRunId: record.childRunId! };
       }
+      case "kv": {
+        // a secret write runs now: later there would be only the redacted args to run it with
+        if (engine.durableAll && !options.forceInline && !plan.secret) {
+          const record = await this.#record(call, "durable", undefined, plan.journalArgs);
+          if (record.replayed) return known(outcomeOf(record), true);
+          return { kind: "next" };
+        }
+        this.#collectLogs();
+        const done = await this.#store.kvCall(this.#lease, {
+          seq,
+          op: plan.op,
+          key: plan.key,
+          value: plan.value,
+          secret: plan.secret,
+          args: plan.journalArgs,
+          logs: this.#logs.splice(0),
+        }, now);
+        return known({ ok: true, value: done.value }, true, done.secret);
+      }
       case "invoke": {
         // a call whose journaled args are redacted (a secret write) must run now: later
         // there would be only the redacted args to run it with
@@ -537,16 +566,15 @@ class Invocation {
           signal: this.#abort.signal,
         };
         const work = (async (): Promise<Known> => {
+          // the lease is checked right before the call leaves: a worker that was paused
+          // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
+          await this.#holdLease();
           const value = await plan.invoke(context);
           return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
         })().catch((e): Known => ({
           outcome: { ok: false, error: toCallError(e) },
           secret: false,
         }));
-        if (plan.immediate) {
-          const done = await work;
-          return known(done.outcome, false, done.secret);
-        }
         this.#launch(seq, work);
         return { kind: "running" };
       }
@@ -837,16 +865,41 @@ class Invocation {
 
   #startHeartbeat(): void {
     const every = (this.#engine.leaseSeconds * 1000) / 3;
-    this.#heartbeat = setInterval(async () => {
-      try {
-        await this.#store.heartbeat(this.#lease, this.#engine.leaseSeconds, this.#now);
-      } catch (e) {
-        if (e instanceof StoreError && (e.code === "STALE_LEASE" || e.code === "RUN_NOT_FOUND")) {
-          this.#abort.abort(new LeaseLost(e.message));
-        }
-        // other errors: the database may be back by the next beat
+    this.#heartbeat = setInterval(() => this.#renewLease().catch(() => {}), every);
+  }
+
+  /** Extends the lease; a lease another worker holds now ends this invocation. */
+  async #renewLease(): Promise<void> {
+    const sent = performance.now();
+    try {
+      await this.#store.heartbeat(this.#lease, this.#engine.leaseSeconds, this.#now);
+      this.#leaseFrom = Math.max(this.#leaseFrom, sent);
+    } catch (e) {
+      if (e instanceof StoreError && (e.code === "STALE_LEASE" || e.code === "RUN_NOT_FOUND")) {
+        this.#abort.abort(new LeaseLost(e.message));
       }
-    }, every);
+      // other errors: the database may be back by the next beat
+      throw e;
+    }
+  }
+
+  /**
+   * Before a call leaves the process: the lease must surely still be this worker's. Inside
+   * two thirds of the lease since it was last set, that is known without asking; past it (a
+   * paused process, a heartbeat that failed) the lease is renewed first, or the invocation
+   * ends as lost and the call is never sent.
+   */
+  async #holdLease(): Promise<void> {
+    const leaseMs = this.#engine.leaseSeconds * 1000;
+    if (performance.now() - this.#leaseFrom < (leaseMs * 2) / 3) return;
+    try {
+      await this.#renewLease();
+    } catch (e) {
+      this.#abort.abort(
+        e instanceof LeaseLost ? e : new LeaseLost(`lease not renewed: ${(e as Error).message}`),
+      );
+    }
+    this.#checkLease();
   }
 
   #checkLease(): void {

@@ -38,12 +38,19 @@ export type ToolPlan =
     secret?: (result: Json | undefined) => boolean;
     /** What the journal stores instead of the arguments (a secret being written). */
     journalArgs?: Json[];
-    /**
-     * Run to completion before the task continues (fast calls to the database): never in
-     * flight at a suspension, so never re-run from the journal's (perhaps redacted) args.
-     */
-    immediate?: boolean;
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
+  }
+  /**
+   * tools.kv: carried out by the store in one transaction with its journal entry and the
+   * lease's fencing check (quickjs.kv_call). `journalArgs`: what the journal keeps.
+   */
+  | {
+    kind: "kv";
+    op: "get" | "set" | "delete";
+    key: string;
+    value: Json;
+    secret: boolean;
+    journalArgs: Json[];
   }
   | { kind: "reject"; error: CallError };
 
@@ -155,43 +162,23 @@ export class ToolRegistry {
         `kv.${method}(key, ...): key must be a non-empty string`,
       );
     }
-    const store = this.store;
     switch (method) {
-      case "get": {
-        let secret = false;
-        return {
-          kind: "invoke",
-          timeoutMs: 10_000,
-          immediate: true,
-          secret: () => secret,
-          invoke: async () => {
-            const entry = await store.kvGet(key);
-            secret = entry.secret === true;
-            return entry.found ? entry.value ?? null : null;
-          },
-        };
-      }
+      case "get":
+      case "delete":
+        return { kind: "kv", op: method, key, value: null, secret: false, journalArgs: args };
       case "set": {
         const options = (args[2] ?? {}) as { secret?: unknown };
         const secret = options.secret === true;
         return {
-          kind: "invoke",
-          timeoutMs: 10_000,
-          immediate: true,
-          ...(secret ? { journalArgs: [key, SECRET_MARKER, args[2] ?? null] } : {}),
-          invoke: async () => {
-            await store.kvSet(key, args[1] ?? null, secret);
-            return null;
-          },
+          kind: "kv",
+          op: "set",
+          key,
+          value: args[1] ?? null,
+          secret,
+          // a secret's value never reaches the journal
+          journalArgs: secret ? [key, SECRET_MARKER, args[2] ?? null] : args,
         };
       }
-      case "delete":
-        return {
-          kind: "invoke",
-          timeoutMs: 10_000,
-          immediate: true,
-          invoke: () => store.kvDelete(key),
-        };
       default:
         throw unknownMethod("kv", method, ["get", "set", "delete"]);
     }

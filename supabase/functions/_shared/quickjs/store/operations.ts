@@ -12,6 +12,7 @@ import type { RunError } from "../sandbox/errors.ts";
 import type {
   CallRecord,
   ClaimJson,
+  KvCallResult,
   KvEntry,
   LogLine,
   PublishedTask,
@@ -191,6 +192,21 @@ export const OPERATIONS = {
       p_now: d("timestamptz"),
     },
     returns: returnsJsonb<CallRecord>(),
+  },
+  kv_call: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_op: "text",
+      p_key: "text",
+      p_value: "jsonb",
+      p_secret: "boolean",
+      p_args: jsonb<Json[]>(),
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<KvCallResult>(),
   },
   append_run_logs: {
     params: { p_run_id: "uuid", p_token: "bigint", p_logs: jsonb<LogLine[]>() },

@@ -152,6 +152,13 @@ export interface KvEntry {
   secret?: boolean;
 }
 
+/** quickjs.kv_call: the journal entry, the value the task gets, and whether it is a secret. */
+export interface KvCallResult {
+  call: CallRecord;
+  value: Json;
+  secret: boolean;
+}
+
 /** A registered external service (quickjs.services). */
 export interface ServiceRow {
   name: string;

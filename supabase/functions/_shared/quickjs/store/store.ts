@@ -10,6 +10,7 @@ import type { SnapshotHeader } from "../sandbox/snapshot.ts";
 import type {
   CallRecord,
   ClaimedRun,
+  KvCallResult,
   KvEntry,
   Lease,
   LogLine,
@@ -27,6 +28,7 @@ export type {
   CallRecord,
   ClaimedRun,
   ClaimJson,
+  KvCallResult,
   KvEntry,
   Lease,
   LogLine,
@@ -194,6 +196,33 @@ export class Store {
       p_task: child.task,
       p_input: child.input,
       p_max_depth: child.maxDepth,
+      p_now: now,
+    });
+  }
+
+  /**
+   * tools.kv for a run: fenced, journaled and applied in one transaction (quickjs.kv_call).
+   * `args` is what the journal keeps; `value` what a set writes.
+   */
+  kvCall(lease: Lease, call: {
+    seq: number;
+    op: "get" | "set" | "delete";
+    key: string;
+    value: Json;
+    secret: boolean;
+    args: Json[];
+    logs?: LogLine[];
+  }, now?: Date): Promise<KvCallResult> {
+    return this.#call("kv_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: call.seq,
+      p_op: call.op,
+      p_key: call.key,
+      p_value: call.value,
+      p_secret: call.secret,
+      p_args: call.args,
+      p_logs: call.logs ?? [],
       p_now: now,
     });
   }
