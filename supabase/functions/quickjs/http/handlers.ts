@@ -4,7 +4,7 @@
  */
 import { type Engine, isFinal, type RunView, type Store } from "../../_shared/quickjs/mod.ts";
 import { type Caller, requireService } from "./auth.ts";
-import { readJsonBody } from "./body.ts";
+import { type BodyLimits, readJsonBody } from "./body.ts";
 import { HttpError } from "./errors.ts";
 import {
   cancelRunBody,
@@ -19,7 +19,7 @@ import {
 export interface HandlerDeps {
   store: Store;
   engine: Engine;
-  maxBodyBytes: number;
+  body: BodyLimits;
   startRunSchema: ReturnType<typeof startRunBody>;
   runInBackground: (work: Promise<unknown>) => void;
 }
@@ -48,7 +48,7 @@ export const startRun: Handler = async ({ deps, request, caller }) => {
   const { store, engine } = deps;
   const body = parse(
     deps.startRunSchema,
-    await readJsonBody(request, deps.maxBodyBytes),
+    await readJsonBody(request, deps.body),
     "body",
   );
   const ownerId = ownerOf(caller);
@@ -83,7 +83,7 @@ export const getRun: Handler = async ({ deps, caller, params }) => {
 /** POST /runs/:id/cancel */
 export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
   const { id } = parse(runParams, params, "path");
-  const body = parse(cancelRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const body = parse(cancelRunBody, await readJsonBody(request, deps.body), "body");
   const run = await deps.store.cancelRun(id, {
     reason: body?.reason,
     ownerId: ownerOf(caller),
@@ -96,7 +96,7 @@ export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
 export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
   requireService(caller);
   const { id } = parse(runParams, params, "path");
-  parse(resumeRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  parse(resumeRunBody, await readJsonBody(request, deps.body), "body");
   const [invocation] = await deps.engine.claimAndRun({ runId: id });
   const run = await mustGetRun(deps.store, id, null);
   if (!invocation) throw new HttpError(409, "NOT_DUE", notDueMessage(run));
@@ -106,7 +106,7 @@ export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
 /** POST /tick (service role): wake what is due, then run a batch of due runs. */
 export const tick: Handler = async ({ deps, request, caller }) => {
   requireService(caller);
-  const body = parse(tickBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const body = parse(tickBody, await readJsonBody(request, deps.body), "body");
   const { store, engine } = deps;
   const woken = await store.tick(engine.clock.now());
   const results = await engine.claimAndRun({ limit: body?.limit ?? DEFAULT_TICK_LIMIT });
