@@ -22,6 +22,8 @@ export interface RawOptions {
   leave?: boolean;
   /** Give up reading after this long (default 5 s). */
   timeoutMs?: number;
+  /** The response has a head only (the answer to HEAD), whatever its Content-Length says. */
+  noBody?: boolean;
 }
 
 const encoder = new TextEncoder();
@@ -54,7 +56,7 @@ export async function rawRequest(
       close();
       return { status: null, text: "", timedOut: false };
     }
-    return await readResponse(conn, options.timeoutMs ?? 5000, close);
+    return await readResponse(conn, options.timeoutMs ?? 5000, close, options.noBody === true);
   } finally {
     close();
   }
@@ -65,7 +67,9 @@ async function readResponse(
   conn: Deno.Conn,
   timeoutMs: number,
   close: () => void,
+  noBody: boolean,
 ): Promise<RawResult> {
+  const complete = (text: string) => noBody ? text.includes("\r\n\r\n") : completeResponse(text);
   const decoder = new TextDecoder();
   let text = "";
   let timedOut = false;
@@ -97,7 +101,7 @@ async function readResponse(
   };
 }
 
-function complete(text: string): boolean {
+function completeResponse(text: string): boolean {
   const end = text.indexOf("\r\n\r\n");
   if (end < 0) return false;
   const head = text.slice(0, end).toLowerCase();
