@@ -189,7 +189,7 @@ Deno.test("IPv4-translated, ISATAP, Teredo, NAT64 and site-local literals that c
     await rejects(get(url, options({ fetch: net.fetch })), "HTTP_FORBIDDEN", /private or metadata/);
   }
   assert.equal(net.requests.length, 0, "no request left the process");
-  for (const a of ["::ffff:0:127.0.0.1", "::ffff:0:a00:1", "2001:db8::5efe:7f00:1"]) {
+  for (const a of ["::ffff:0:127.0.0.1", "::ffff:0:a00:1", "2606:4700::5efe:7f00:1"]) {
     assert.equal(isPrivateAddress(a), true, a);
   }
   // the same forms around a public address are not private (only the embedded part counts)

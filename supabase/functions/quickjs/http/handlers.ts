@@ -69,7 +69,7 @@ export const startRun: Handler = async ({ deps, request, caller }) => {
   }
   const wait = body.wait ?? 0;
   const run = wait > 0
-    ? await waitForRun(store, enqueued.id, ownerId, execution, wait)
+    ? await waitForRun(store, enqueued.id, ownerId, execution, wait, request.signal)
     : await mustGetRun(store, enqueued.id, ownerId);
   return Response.json({ run, created }, { status: wait > 0 && isFinal(run.status) ? 200 : 202 });
 };
@@ -131,7 +131,7 @@ async function mustGetRun(store: Store, id: string, ownerId: string | null): Pro
 /**
  * Waits up to `ms` for this request's own execution of the run, then, while the run is
  * queued or running elsewhere, looks again until it ends or the time is up. A suspended run
- * will not end soon, so it is returned at once.
+ * will not end soon, so it is returned at once, and so is the run when the client has gone.
  */
 async function waitForRun(
   store: Store,
@@ -139,12 +139,16 @@ async function waitForRun(
   ownerId: string | null,
   execution: Promise<unknown> | undefined,
   ms: number,
+  /** Aborts when the client goes away: nobody is left to answer, so stop looking. */
+  gone: AbortSignal,
 ): Promise<RunView> {
   const deadline = Date.now() + ms;
   // a failed execution is logged by runInBackground; the run's state below says the rest
   if (execution) await within(execution.catch(() => {}), ms);
   let run = await mustGetRun(store, id, ownerId);
-  while ((run.status === "queued" || run.status === "running") && Date.now() < deadline) {
+  while (
+    (run.status === "queued" || run.status === "running") && Date.now() < deadline && !gone.aborted
+  ) {
     await delay(Math.min(POLL_MS, deadline - Date.now()));
     run = await mustGetRun(store, id, ownerId);
   }
