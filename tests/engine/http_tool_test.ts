@@ -169,6 +169,51 @@ Deno.test({
   },
 });
 
+Deno.test("IPv4-translated, ISATAP, Teredo, NAT64 and site-local literals that carry a private address are refused", async () => {
+  const net = fakeNet();
+  const urls = [
+    "http://[::ffff:0:127.0.0.1]/", // IPv4-translated (SIIT): the URL parser keeps it as hex
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::ffff:0:169.254.169.254]/",
+    "http://[0:0:0:0:ffff:0:a00:1]/", // 10.0.0.1
+    "http://[::127.0.0.1]/", // IPv4-compatible
+    "http://[::0:5efe:127.0.0.1]/", // ISATAP interface id
+    "http://[fe80::200:5efe:a9fe:a9fe]/",
+    "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", // Teredo
+    "http://[64:ff9b:1::a9fe:a9fe]/", // local-use NAT64
+    "http://[fec0::1]/", // site-local
+    "http://localhost./",
+    "http://api.localhost/",
+  ];
+  for (const url of urls) {
+    await rejects(get(url, options({ fetch: net.fetch })), "HTTP_FORBIDDEN", /private or metadata/);
+  }
+  assert.equal(net.requests.length, 0, "no request left the process");
+  for (const a of ["::ffff:0:127.0.0.1", "::ffff:0:a00:1", "2606:4700::5efe:7f00:1"]) {
+    assert.equal(isPrivateAddress(a), true, a);
+  }
+  // the same forms around a public address are not private (only the embedded part counts)
+  for (const a of ["2606:4700::5efe:808:808", "::ffff:8.8.8.8"]) {
+    assert.equal(isPrivateAddress(a), false, a);
+  }
+});
+
+Deno.test("a name that resolves to an IPv4-translated address is refused", async () => {
+  const net = fakeNet();
+  const names = {
+    "siit.example.com": ["::ffff:0:7f00:1"],
+    "v4t.example.com": ["::ffff:0:10.0.0.9"],
+  };
+  for (const host of Object.keys(names)) {
+    await rejects(
+      get(`https://${host}/`, options({ names, fetch: net.fetch })),
+      "HTTP_FORBIDDEN",
+      /resolves to .*private or metadata/,
+    );
+  }
+  assert.equal(net.requests.length, 0);
+});
+
 Deno.test("a public-looking name that resolves to a private address is refused", async () => {
   const net = fakeNet();
   const names: Record<string, string[]> = {
@@ -366,6 +411,47 @@ Deno.test({
       await server.close();
     }
   },
+});
+
+/**
+ * A raw TCP server that answers every connection with headers promising `length` bytes,
+ * sends `sent` of them and then stalls (neither more bytes nor a close) until closed.
+ */
+function stallingServer(length = 100, sent = "first") {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns: Deno.Conn[] = [];
+  (async () => {
+    for await (const conn of listener) {
+      conns.push(conn);
+      const head =
+        `HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ${length}\r\n\r\n`;
+      conn.read(new Uint8Array(4096)).then(() => conn.write(new TextEncoder().encode(head + sent)))
+        .catch(() => {});
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    close() {
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* already closed by the client */ }
+      }
+      listener.close();
+    },
+  };
+}
+
+Deno.test("a server that sends its headers and then stalls mid-body ends the call with HTTP_TIMEOUT, not TOOL_FAILED", async () => {
+  const server = stallingServer();
+  try {
+    const opts: HttpToolOptions = { allow: ["127.0.0.1"], allowPrivate: true, timeoutMs: 300 };
+    const started = performance.now();
+    await rejects(get(`${server.url}/`, opts), "HTTP_TIMEOUT", /did not arrive within/);
+    assert.ok(performance.now() - started < 2500, "gave up at the timeout");
+  } finally {
+    server.close();
+  }
 });
 
 // ---- through a task ---------------------------------------------------------------------------

@@ -24,6 +24,8 @@ export interface AppDeps {
   auth: AuthConfig;
   /** Largest request body (default 1 MiB). */
   maxBodyBytes?: number;
+  /** Longest a request body may take to arrive (default 15 s); then 408 BODY_TIMEOUT. */
+  bodyTimeoutMs?: number;
   allowOrigin?: string;
   /** Longest `wait` of POST /runs (default 25 s, well inside the platform's request limit). */
   maxWaitMs?: number;
@@ -33,6 +35,12 @@ export interface AppDeps {
 
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 export const DEFAULT_MAX_WAIT_MS = 25_000;
+/**
+ * 1 MiB arrives in 15 s at 70 KB/s, a poor mobile link; a client slower than that, or one
+ * that stops sending, would otherwise hold the request (and its isolate) until the
+ * platform's own limit.
+ */
+export const DEFAULT_BODY_TIMEOUT_MS = 15_000;
 
 type Method = "GET" | "POST";
 
@@ -70,7 +78,10 @@ export function createApp(deps: AppDeps): (request: Request) => Promise<Response
   const handlerDeps: HandlerDeps = {
     store: deps.store,
     engine: deps.engine,
-    maxBodyBytes: deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
+    body: {
+      maxBytes: deps.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
+      timeoutMs: deps.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS,
+    },
     startRunSchema: startRunBody(deps.maxWaitMs ?? DEFAULT_MAX_WAIT_MS),
     runInBackground: deps.runInBackground ?? defaultRunInBackground(),
   };

@@ -4,7 +4,7 @@
  */
 import { type Engine, isFinal, type RunView, type Store } from "../../_shared/quickjs/mod.ts";
 import { type Caller, requireService } from "./auth.ts";
-import { readJsonBody } from "./body.ts";
+import { type BodyLimits, readJsonBody } from "./body.ts";
 import { HttpError } from "./errors.ts";
 import {
   cancelRunBody,
@@ -19,7 +19,7 @@ import {
 export interface HandlerDeps {
   store: Store;
   engine: Engine;
-  maxBodyBytes: number;
+  body: BodyLimits;
   startRunSchema: ReturnType<typeof startRunBody>;
   runInBackground: (work: Promise<unknown>) => void;
 }
@@ -48,7 +48,7 @@ export const startRun: Handler = async ({ deps, request, caller }) => {
   const { store, engine } = deps;
   const body = parse(
     deps.startRunSchema,
-    await readJsonBody(request, deps.maxBodyBytes),
+    await readJsonBody(request, deps.body),
     "body",
   );
   const ownerId = ownerOf(caller);
@@ -69,7 +69,7 @@ export const startRun: Handler = async ({ deps, request, caller }) => {
   }
   const wait = body.wait ?? 0;
   const run = wait > 0
-    ? await waitForRun(store, enqueued.id, ownerId, execution, wait)
+    ? await waitForRun(store, enqueued.id, ownerId, execution, wait, request.signal)
     : await mustGetRun(store, enqueued.id, ownerId);
   return Response.json({ run, created }, { status: wait > 0 && isFinal(run.status) ? 200 : 202 });
 };
@@ -83,7 +83,7 @@ export const getRun: Handler = async ({ deps, caller, params }) => {
 /** POST /runs/:id/cancel */
 export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
   const { id } = parse(runParams, params, "path");
-  const body = parse(cancelRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const body = parse(cancelRunBody, await readJsonBody(request, deps.body), "body");
   const run = await deps.store.cancelRun(id, {
     reason: body?.reason,
     ownerId: ownerOf(caller),
@@ -96,7 +96,7 @@ export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
 export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
   requireService(caller);
   const { id } = parse(runParams, params, "path");
-  parse(resumeRunBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  parse(resumeRunBody, await readJsonBody(request, deps.body), "body");
   const [invocation] = await deps.engine.claimAndRun({ runId: id });
   const run = await mustGetRun(deps.store, id, null);
   if (!invocation) throw new HttpError(409, "NOT_DUE", notDueMessage(run));
@@ -106,7 +106,7 @@ export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
 /** POST /tick (service role): wake what is due, then run a batch of due runs. */
 export const tick: Handler = async ({ deps, request, caller }) => {
   requireService(caller);
-  const body = parse(tickBody, await readJsonBody(request, deps.maxBodyBytes), "body");
+  const body = parse(tickBody, await readJsonBody(request, deps.body), "body");
   const { store, engine } = deps;
   const woken = await store.tick(engine.clock.now());
   const results = await engine.claimAndRun({ limit: body?.limit ?? DEFAULT_TICK_LIMIT });
@@ -131,7 +131,7 @@ async function mustGetRun(store: Store, id: string, ownerId: string | null): Pro
 /**
  * Waits up to `ms` for this request's own execution of the run, then, while the run is
  * queued or running elsewhere, looks again until it ends or the time is up. A suspended run
- * will not end soon, so it is returned at once.
+ * will not end soon, so it is returned at once, and so is the run when the client has gone.
  */
 async function waitForRun(
   store: Store,
@@ -139,12 +139,16 @@ async function waitForRun(
   ownerId: string | null,
   execution: Promise<unknown> | undefined,
   ms: number,
+  /** Aborts when the client goes away: nobody is left to answer, so stop looking. */
+  gone: AbortSignal,
 ): Promise<RunView> {
   const deadline = Date.now() + ms;
   // a failed execution is logged by runInBackground; the run's state below says the rest
   if (execution) await within(execution.catch(() => {}), ms);
   let run = await mustGetRun(store, id, ownerId);
-  while ((run.status === "queued" || run.status === "running") && Date.now() < deadline) {
+  while (
+    (run.status === "queued" || run.status === "running") && Date.now() < deadline && !gone.aborted
+  ) {
     await delay(Math.min(POLL_MS, deadline - Date.now()));
     run = await mustGetRun(store, id, ownerId);
   }

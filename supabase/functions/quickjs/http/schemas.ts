@@ -1,6 +1,67 @@
 /** zod schemas for every request body and path parameter, and the one way to apply them. */
 import { z } from "zod";
+import { type Json, storable } from "../../_shared/quickjs/mod.ts";
 import { HttpError } from "./errors.ts";
+
+/**
+ * Text Postgres can hold: no U+0000 (text refuses it) and no lone surrogate (jsonb refuses
+ * it, and text would store U+FFFD instead). Refused here, before any database round trip.
+ */
+const storableString = () =>
+  z.string().refine(storable, { error: "must not contain U+0000 or a lone surrogate" });
+
+/**
+ * A run's input: any JSON the body held (JSON.parse made it, so no type check is needed),
+ * kept as it is (z.json() rebuilds objects and silently drops a "__proto__" key). Strings
+ * Postgres cannot store fail with the code VALUE_NOT_STORABLE; numbers past a double's
+ * range (JSON.parse reads 1e400 as Infinity, which would be stored as null) are invalid.
+ */
+const jsonInput = z.custom<Json>(() => true).superRefine((value, ctx) => {
+  const problem = inputProblem(value);
+  if (!problem) return;
+  ctx.addIssue({
+    code: "custom",
+    message: problem.message,
+    path: problem.path,
+    ...(problem.code ? { params: { code: problem.code } } : {}),
+  });
+});
+
+/** The first string Postgres cannot hold, or number out of range, walked without recursion. */
+function inputProblem(
+  value: unknown,
+): { path: (string | number)[]; message: string; code?: string } | undefined {
+  const stack: [unknown, (string | number)[]][] = [[value, []]];
+  while (stack.length) {
+    const [item, path] = stack.pop()!;
+    if (typeof item === "string") {
+      if (!storable(item)) {
+        return {
+          path,
+          code: "VALUE_NOT_STORABLE",
+          message: "holds U+0000 or a lone surrogate, which Postgres cannot store; " +
+            "encode it first, e.g. with encodeURIComponent",
+        };
+      }
+    } else if (typeof item === "number") {
+      if (!Number.isFinite(item)) return { path, message: "a number out of range" };
+    } else if (Array.isArray(item)) {
+      for (let i = item.length - 1; i >= 0; i--) stack.push([item[i], [...path, i]]);
+    } else if (item !== null && typeof item === "object") {
+      for (const [key, child] of Object.entries(item).reverse()) {
+        if (!storable(key)) {
+          return {
+            path: [...path, key],
+            code: "VALUE_NOT_STORABLE",
+            message: "a key holds U+0000 or a lone surrogate, which Postgres cannot store",
+          };
+        }
+        stack.push([child, [...path, key]]);
+      }
+    }
+  }
+  return undefined;
+}
 
 /** Path parameters: run ids are uuids (Postgres would refuse anything else with a 500). */
 export const runParams = z.strictObject({ id: z.guid("must be a uuid") });
@@ -8,10 +69,10 @@ export const runParams = z.strictObject({ id: z.guid("must be a uuid") });
 /** POST /runs. `wait` is capped by the app's maxWaitMs, so the schema is built per app. */
 export function startRunBody(maxWaitMs: number) {
   return z.strictObject({
-    task: z.string().min(1).max(200).optional(),
+    task: storableString().min(1).max(200).optional(),
     taskId: z.guid("must be a uuid").optional(),
-    input: z.json().optional(),
-    idempotencyKey: z.string().min(1).max(200).optional(),
+    input: jsonInput.optional(),
+    idempotencyKey: storableString().min(1).max(200).optional(),
     wait: z.int().min(0).max(maxWaitMs).optional(),
   }, { error: (issue) => issue.input === undefined ? "a JSON object is required" : undefined })
     .refine((body) => body.task === undefined || body.taskId === undefined, {
@@ -24,7 +85,7 @@ export function startRunBody(maxWaitMs: number) {
 }
 
 /** POST /runs/:id/cancel; the body is optional. */
-export const cancelRunBody = z.strictObject({ reason: z.string().max(1000).optional() })
+export const cancelRunBody = z.strictObject({ reason: storableString().max(1000).optional() })
   .optional();
 
 /** POST /runs/:id/resume; pg_net sends `{}`. */
@@ -33,12 +94,23 @@ export const resumeRunBody = z.strictObject({}).optional();
 /** POST /tick. 50 runs at most: they all share one invocation's time and memory. */
 export const tickBody = z.strictObject({ limit: z.int().min(1).max(50).optional() }).optional();
 
-/** The parsed value, or a 422 VALIDATION_FAILED naming each field that is wrong. */
+/**
+ * The parsed value, or a 422 naming each field that is wrong: VALIDATION_FAILED, or the code
+ * every issue carries when they all carry the same one (VALUE_NOT_STORABLE).
+ */
 export function parse<T extends z.ZodType>(schema: T, value: unknown, what: string): z.output<T> {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) =>
-    issue.path.length ? `${issue.path.join(".")}: ${issue.message}` : issue.message
+  const { issues } = result.error;
+  const problems = issues.map((issue) =>
+    issue.path.length ? `${issue.path.map(String).join(".")}: ${issue.message}` : issue.message
   );
-  throw new HttpError(422, "VALIDATION_FAILED", `invalid ${what}: ${problems.join("; ")}`);
+  const codes = new Set(issues.map(issueCode));
+  const code = codes.size === 1 ? [...codes][0]! : "VALIDATION_FAILED";
+  throw new HttpError(422, code, `invalid ${what}: ${problems.join("; ")}`);
+}
+
+function issueCode(issue: z.core.$ZodIssue): string {
+  const code = issue.code === "custom" ? issue.params?.code : undefined;
+  return typeof code === "string" ? code : "VALIDATION_FAILED";
 }

@@ -110,6 +110,7 @@ export async function httpFetch(
             "HTTP_TOO_LARGE",
             `http.fetch: the response is larger than ${maxBytes} bytes`,
           ),
+        abort,
       );
       text = new TextDecoder().decode(bytes);
     } catch (e) {
@@ -170,7 +171,9 @@ async function checkDestination(url: URL, options: HttpToolOptions): Promise<voi
   }
   if (options.allowPrivate) return;
   if (
-    /^(metadata|metadata\.google\.internal|instance-data)(\.|$)/.test(host) || host === "localhost"
+    /^(metadata|metadata\.google\.internal|instance-data)(\.|$)/.test(host) ||
+    // RFC 6761: localhost and every name under it are loopback, with or without the root dot
+    /(^|\.)localhost\.?$/.test(host)
   ) {
     throw new ToolError("HTTP_FORBIDDEN", `http.fetch: ${host} is a private or metadata address`);
   }
@@ -217,19 +220,28 @@ export function isPrivateAddress(address: string): boolean {
   if (a.includes(":")) {
     const g = expandIPv6(a);
     if (!g) return true; // not an address this can read: refuse it
-    // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible) carry an IPv4 address, in whatever
-    // notation the URL parser or the resolver chose (::ffff:7f00:1 is 127.0.0.1)
-    if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0) {
-      if (g[5] === 0 && g[6] === 0 && g[7]! <= 1) return true; // :: and ::1
-      if (g[5] === 0xffff || g[5] === 0) {
-        return isPrivateAddress(`${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`);
+    // :: and ::1, then the forms that carry an IPv4 address in the last 32 bits, in whatever
+    // notation the URL parser or the resolver chose (::ffff:7f00:1 is 127.0.0.1):
+    // ::a.b.c.d (compatible), ::ffff:a.b.c.d (mapped), ::ffff:0:a.b.c.d (translated, SIIT)
+    if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0) {
+      if (g[4] === 0 && g[5] === 0 && g[6] === 0 && g[7]! <= 1) return true;
+      if (
+        (g[4] === 0 && (g[5] === 0 || g[5] === 0xffff)) || (g[4] === 0xffff && g[5] === 0)
+      ) {
+        return isPrivateAddress(embeddedIPv4(g));
       }
+    }
+    // ISATAP (any prefix, interface id 0:5efe or 200:5efe) carries the IPv4 tunnel end point
+    if ((g[4]! & 0xfdff) === 0 && g[5] === 0x5efe && isPrivateAddress(embeddedIPv4(g))) {
+      return true;
     }
     return (g[0]! & 0xfe00) === 0xfc00 || // fc00::/7 unique local
       (g[0]! & 0xffc0) === 0xfe80 || // fe80::/10 link-local
+      (g[0]! & 0xffc0) === 0xfec0 || // fec0::/10 site-local (deprecated, still routed inside)
       (g[0]! & 0xff00) === 0xff00 || // ff00::/8 multicast
-      (g[0] === 0x64 && g[1] === 0xff9b) || // 64:ff9b::/96 NAT64 reaches IPv4 space
+      (g[0] === 0x64 && g[1] === 0xff9b) || // 64:ff9b::/96 and 64:ff9b:1::/48 NAT64: IPv4 space
       (g[0] === 0x100 && g[1] === 0 && g[2] === 0 && g[3] === 0) || // 100::/64 discard
+      (g[0] === 0x2001 && g[1] === 0) || // 2001::/32 Teredo: an IPv4 end point, obfuscated
       (g[0] === 0x2001 && g[1] === 0xdb8) || // documentation
       g[0] === 0x2002; // 6to4 reaches IPv4 space
   }
@@ -238,6 +250,11 @@ export function isPrivateAddress(address: string): boolean {
     (x === 100 && y >= 64 && y < 128) || (x === 169 && y === 254) ||
     (x === 172 && y >= 16 && y < 32) || (x === 192 && y === 168) ||
     (x === 192 && y === 0) || (x === 198 && (y === 18 || y === 19));
+}
+
+/** The IPv4 address in the last 32 bits of an IPv6 address's groups, dotted. */
+function embeddedIPv4(g: number[]): string {
+  return `${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`;
 }
 
 /** The eight 16-bit groups of an IPv6 address (an IPv4 tail allowed), or undefined. */
@@ -263,26 +280,42 @@ function expandIPv6(address: string): number[] | undefined {
 
 /**
  * The bytes of a stream, refusing more than `maxBytes` (counted while reading: a
- * Content-Length may be absent or lie). `tooLarge` makes the error.
+ * Content-Length may be absent or lie). `tooLarge` makes the error. When `signal` aborts,
+ * the read stops at once with the signal's reason and the stream is cancelled: a peer
+ * that sends headers and then stalls must not hold the reader forever.
  */
 export async function readCapped(
   stream: ReadableStream<Uint8Array> | null,
   maxBytes: number,
   tooLarge: () => Error,
+  signal?: AbortSignal,
 ): Promise<Uint8Array> {
   if (!stream) return new Uint8Array();
   const reader = stream.getReader();
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal!.reason);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  aborted.catch(() => {}); // rejected only when raced below
   const chunks: Uint8Array[] = [];
   let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge();
+  try {
+    for (;;) {
+      const { done, value } = signal
+        ? await Promise.race([reader.read(), aborted])
+        : await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > maxBytes) throw tooLarge();
+      chunks.push(value);
     }
-    chunks.push(value);
+  } catch (e) {
+    await reader.cancel().catch(() => {});
+    throw e;
+  } finally {
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
   }
   const all = new Uint8Array(total);
   let offset = 0;

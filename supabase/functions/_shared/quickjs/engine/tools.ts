@@ -270,7 +270,19 @@ async function callService(
     }
     throw new ToolError("SERVICE_ERROR", `${service.name}.${method}: ${(e as Error).message}`);
   }
-  const text = await response.text();
+  let text: string;
+  try {
+    text = await response.text();
+  } catch (e) {
+    // headers came in time but the body stalled: the same timeout, not an AbortError
+    if (timeout.aborted) {
+      throw new ToolError(
+        "SERVICE_TIMEOUT",
+        `${service.name}.${method}: the reply's body did not arrive within ${service.timeoutMs} ms`,
+      );
+    }
+    throw new ToolError("SERVICE_ERROR", `${service.name}.${method}: ${(e as Error).message}`);
+  }
   let body: unknown = null;
   try {
     body = text ? JSON.parse(text) : null;
