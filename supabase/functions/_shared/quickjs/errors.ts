@@ -214,7 +214,18 @@ export const ERROR_CODES = Object.freeze(
     },
 
     // ---- the HTTP API ------------------------------------------------------------------------
-    BAD_JSON: { where: "http", status: 400, about: "the body is not JSON" },
+    BAD_JSON: { where: "http", status: 400, about: "the body is not UTF-8 JSON" },
+    JSON_TOO_DEEP: {
+      where: "http",
+      status: 400,
+      about: "the body nests arrays and objects past 64 levels",
+    },
+    BAD_BODY: {
+      where: "http",
+      status: 400,
+      about: "the body broke off or its chunked encoding is wrong",
+    },
+    BODY_TIMEOUT: { where: "http", status: 408, about: "the body did not arrive in time (15 s)" },
     UNAUTHENTICATED: { where: "http", status: 401, about: "no token or key" },
     INVALID_TOKEN: { where: "http", status: 401, about: "the token or key is not valid" },
     FORBIDDEN: { where: "http", status: 403, about: "the caller may not do this" },

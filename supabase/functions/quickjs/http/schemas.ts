@@ -1,6 +1,6 @@
 /** zod schemas for every request body and path parameter, and the one way to apply them. */
 import { z } from "zod";
-import { type Json, storable } from "../../_shared/quickjs/mod.ts";
+import { type ErrorCode, isErrorCode, type Json, storable } from "../../_shared/quickjs/mod.ts";
 import { HttpError } from "./errors.ts";
 
 /**
@@ -110,7 +110,7 @@ export function parse<T extends z.ZodType>(schema: T, value: unknown, what: stri
   throw new HttpError(422, code, `invalid ${what}: ${problems.join("; ")}`);
 }
 
-function issueCode(issue: z.core.$ZodIssue): string {
+function issueCode(issue: z.core.$ZodIssue): ErrorCode {
   const code = issue.code === "custom" ? issue.params?.code : undefined;
-  return typeof code === "string" ? code : "VALIDATION_FAILED";
+  return isErrorCode(code) ? code : "VALIDATION_FAILED";
 }
