@@ -5,8 +5,11 @@
  * over a local dev database.
  */
 import {
+  type ClaimedRun,
   Engine,
+  type EngineConfig,
   httpOptionsFromEnv,
+  type InvocationSignals,
   postgresDriver,
   type SqlDriver,
   Store,
@@ -29,10 +32,39 @@ export function driverFromEnv(env: Env): SqlDriver | undefined {
   return undefined;
 }
 
+/**
+ * The edge runtime dispatches `beforeunload` shortly before it ends a worker (reasons cpu,
+ * memory, wall_clock, early_drop, termination): from then on every invocation hands its
+ * run over at its next idle point (snapshot, suspend, due at once) instead of being lost
+ * to the lease's expiry.
+ */
+function handOverOnUnload(): AbortSignal {
+  const unload = new AbortController();
+  globalThis.addEventListener("beforeunload", (event) => {
+    const reason = (event as CustomEvent<{ reason?: string } | undefined>).detail?.reason;
+    if (!unload.signal.aborted) {
+      console.warn(`quickjs: beforeunload (${reason ?? "?"}): handing runs over`);
+    }
+    unload.abort(reason);
+  });
+  return unload.signal;
+}
+
+/** An engine whose invocations all yield when the worker is about to end. */
+class EdgeEngine extends Engine {
+  constructor(readonly unload: AbortSignal, config: EngineConfig) {
+    super(config);
+  }
+
+  override runClaimed(run: ClaimedRun, signals: InvocationSignals = {}) {
+    return super.runClaimed(run, { ...signals, yield: signals.yield ?? this.unload });
+  }
+}
+
 /** The app over a store, with the engine, tools and auth the environment configures. */
 export function appForStore(store: Store, env: Env, allowOrigin: string): App {
   const get = (name: string) => env.get(name) || undefined;
-  const engine = new Engine({
+  const engine = new EdgeEngine(handOverOnUnload(), {
     store,
     tools: new ToolRegistry(store, { http: httpOptionsFromEnv(env) }),
     workerId: `edge-${crypto.randomUUID().slice(0, 8)}`,
