@@ -29,6 +29,13 @@ import {
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
 import type { RunStatus } from "./states.ts";
+import {
+  freshVmBytes,
+  isolateAdmission,
+  type MemoryAdmission,
+  type MemoryTicket,
+  vmBytesFor,
+} from "./admission.ts";
 
 /** How much one invocation may spend before it suspends and lets a new one continue. */
 export interface Budget {
@@ -60,6 +67,8 @@ export interface EngineConfig {
   maxChildDepth?: number;
   /** Observes what the engine does (CLIs print it, tests assert on it). */
   onEvent?: (event: EngineEvent) => void;
+  /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
+  admission?: MemoryAdmission;
 }
 
 export type EngineEvent =
@@ -99,6 +108,7 @@ export class Engine {
   readonly durableAll: boolean;
   readonly maxChildDepth: number;
   readonly onEvent: (event: EngineEvent) => void;
+  readonly admission: MemoryAdmission;
 
   constructor(config: EngineConfig) {
     this.store = config.store;
@@ -111,6 +121,7 @@ export class Engine {
     this.durableAll = config.durableAll ?? false;
     this.maxChildDepth = config.maxChildDepth ?? 16;
     this.onEvent = config.onEvent ?? (() => {});
+    this.admission = config.admission ?? isolateAdmission();
   }
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
@@ -119,7 +130,8 @@ export class Engine {
   ): Promise<InvocationResult[]> {
     const claimed = await this.store.claimRuns({
       worker: this.workerId,
-      limit: options.limit ?? 1,
+      // no more runs than VMs fit now (waiting until one does): the rest stay queued
+      limit: await this.admission.capacity(await freshVmBytes(resolveLimits()), options.limit ?? 1),
       leaseSeconds: this.leaseSeconds,
       runId: options.runId,
       now: this.clock.now(),
@@ -238,7 +250,9 @@ class Invocation {
 
   async run(): Promise<InvocationResult> {
     this.#startHeartbeat();
+    let memory: MemoryTicket | undefined;
     try {
+      memory = await this.#engine.admission.acquire(await vmBytesFor(this.#run)); // lease kept
       const state = await this.#open();
       return await this.#loop(state);
     } catch (e) {
@@ -253,6 +267,7 @@ class Invocation {
       clearInterval(this.#heartbeat);
       this.#abort.abort(new LeaseLost("invocation ended"));
       if (this.#vm && !this.#vm.disposed) this.#vm.dispose();
+      memory?.release(this.#vm?.instance.memory); // counted until V8 frees it
     }
   }
 

@@ -11,6 +11,7 @@
  * host keeps (the prelude's internals) are rebuilt at the addresses the boot image
  * recorded; no other host handle outlives a host call.
  */
+import { giveBackMemory } from "./memory_pool.ts";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
 import { PRELUDE_SOURCE } from "./prelude.ts";
 import {
@@ -118,6 +119,7 @@ export class TaskVm {
   #lastCallId = 0;
   #hostFailure: RunError | undefined;
   #crashed = false;
+  #reuseMemory = true;
   #disposed = false;
   #started = false;
   #stderr: string[] = [];
@@ -228,7 +230,7 @@ export class TaskVm {
   /** The boot VM: the full set-up, prelude included. */
   static async boot(build: WasmBuild): Promise<TaskVm> {
     const instance = await instantiate(build);
-    return TaskVm.#hostSetup(instance, { ...DEFAULT_LIMITS }, (context, _runtime, impl) => {
+    const vm = TaskVm.#hostSetup(instance, { ...DEFAULT_LIMITS }, (context, _runtime, impl) => {
       const bridge = context.newFunction("__callHostTool__", impl);
       const prelude = context.unwrapResult(context.evalCode(PRELUDE_SOURCE, "prelude.js"));
       const internals = context.unwrapResult(
@@ -238,6 +240,8 @@ export class TaskVm {
       bridge.dispose();
       return [internals, ...INTERNAL_METHODS.map((name) => context.getProp(internals, name))];
     });
+    vm.#reuseMemory = false; // boot VMs are two, once per process, of another size
+    return vm;
   }
 
   get limits(): SandboxLimits {
@@ -483,6 +487,8 @@ export class TaskVm {
     this.#internals.dispose();
     this.context.dispose();
     this.runtime.dispose();
+    // the instance is done with its memory: reuse it rather than leave it to V8's next GC
+    if (this.#reuseMemory) giveBackMemory(this.instance.memory);
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */
