@@ -111,7 +111,6 @@ export async function startEdgeWorker(
       NO_COLOR: "1",
       DENO_TLS_CA_STORE: "system,mozilla",
       SUPABASE_SECRET_KEYS: JSON.stringify({ default: SERVICE_KEY }),
-      SUPABASE_SERVICE_ROLE_KEY: SERVICE_KEY,
       ...env,
     },
     stdin: "null",
@@ -172,7 +171,7 @@ export async function startEdgeWorker(
       try {
         response = await fetch(`${url}/quickjs${path}`, {
           method,
-          headers: { authorization: `Bearer ${SERVICE_KEY}`, "content-type": "application/json" },
+          headers: { apikey: SERVICE_KEY, "content-type": "application/json" },
           body: body === undefined ? undefined : JSON.stringify(body),
         });
       } catch (e) {
