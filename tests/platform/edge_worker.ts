@@ -17,6 +17,7 @@ export interface EdgeEvent {
 export interface EdgeStats {
   pid: number;
   deno: string;
+  externalCountsWasm: boolean;
   peak: { bytes: number; heapUsed: number; external: number; wasm: number; wasmMemories: number };
   cpuMs: number;
   wallMs: number;
