@@ -29,7 +29,7 @@ for (const variant of ["asyncify", "sync"] as const) {
 }
 
 Deno.test("two processes compute the same boot image fingerprint", async () => {
-  const vmModule = new URL("../../supabase/functions/quickjs/sandbox/vm.ts", import.meta.url);
+  const vmModule = new URL("../../supabase/functions/_shared/quickjs/sandbox/vm.ts", import.meta.url);
   const config = new URL("../../deno.json", import.meta.url);
   const script = `import { getBootImage } from ${JSON.stringify(vmModule.href)};
     console.log((await getBootImage()).fingerprint);`;
