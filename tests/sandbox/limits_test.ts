@@ -154,7 +154,7 @@ Deno.test({
   // every later snapshot carries it, and dispose() aborts. TaskVm.run() must not use
   // executePendingJobs as is (see the report for two fixes).
   fn: async () => {
-    const vm = await newVm();
+    const vm = await newVm({ memoryBytes: 64 * MiB }); // room for the 32 MiB buffer
     const contexts = (vm.runtime as unknown as { contextMap: Map<number, unknown> }).contextMap;
     const run = drive(
       vm,

@@ -41,8 +41,8 @@ function appFromEnv(env: Env, allowOrigin: string): Promise<App> {
       new HttpError(
         500,
         "NOT_CONFIGURED",
-        "the function has no database: set SUPABASE_DB_URL (or DATABASE_URL), or SUPABASE_URL " +
-          "and SUPABASE_SERVICE_ROLE_KEY",
+        "the function has no database: set QUICKJS_DB_POOLER_URL, SUPABASE_DB_URL (or " +
+          "DATABASE_URL), or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEYS)",
       ),
     );
   }

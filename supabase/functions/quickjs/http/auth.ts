@@ -1,24 +1,33 @@
 /**
- * Who is calling: the service role (its key, or a JWT whose role is service_role) or a user
- * (a JWT whose `sub` is the user's id). JWTs are verified with jose, never by hand.
+ * Who is calling: the service role (a secret key in `apikey` or as the bearer token, or a
+ * JWT whose role is service_role) or a user (a JWT whose `sub` is the user's id). JWTs are
+ * verified with jose, never by hand: asymmetric ones with the project's JWKS (given, or
+ * fetched from the project), HS256 ones with a shared secret if one is configured.
  */
 import {
+  createLocalJWKSet,
   createRemoteJWKSet,
   decodeProtectedHeader,
   errors,
+  type JSONWebKeySet,
   type JWTPayload,
   jwtVerify,
+  type JWTVerifyGetKey,
 } from "jose";
 import { timingSafeEqual } from "node:crypto";
 import { z } from "zod";
 import { HttpError } from "./errors.ts";
 
 export interface AuthConfig {
-  /** SUPABASE_SERVICE_ROLE_KEY: the trigger (pg_net), pg_cron and the worker send it. */
+  /** The legacy SUPABASE_SERVICE_ROLE_KEY: the trigger (pg_net), pg_cron and the worker send it. */
   serviceRoleKey?: string;
-  /** SUPABASE_JWT_SECRET: verifies HS256 tokens. */
+  /** More service keys: the values of SUPABASE_SECRET_KEYS (`sb_secret_…`, not JWTs). */
+  serviceKeys?: string[];
+  /** QUICKJS_JWT_SECRET: verifies HS256 tokens (hosted projects give no JWT secret). */
   jwtSecret?: string;
-  /** SUPABASE_JWKS_URL: verifies tokens signed with asymmetric keys. */
+  /** SUPABASE_JWKS: the project's public keys, as the platform puts them in the env. */
+  jwks?: JSONWebKeySet;
+  /** The project's JWKS endpoint, asked for keys the given JWKS lacks (rotation). */
   jwksUrl?: string;
 }
 
@@ -29,9 +38,19 @@ const JWKS_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "
 const userId = z.guid();
 
 export function createAuthenticator(config: AuthConfig): (request: Request) => Promise<Caller> {
-  const serviceKey = config.serviceRoleKey ? sha256(config.serviceRoleKey) : undefined;
+  const serviceKeys = [config.serviceRoleKey, ...(config.serviceKeys ?? [])]
+    .filter((key): key is string => !!key)
+    .map(sha256);
   const secret = config.jwtSecret ? new TextEncoder().encode(config.jwtSecret) : undefined;
-  const jwks = config.jwksUrl ? createRemoteJWKSet(new URL(config.jwksUrl)) : undefined;
+  const jwks = keySource(config);
+
+  async function isServiceKey(candidate: string): Promise<boolean> {
+    // digests have a fixed length, so the comparison reveals neither a key nor its length
+    const digest = await sha256(candidate);
+    let found = false;
+    for (const key of serviceKeys) found = timingSafeEqual(await key, digest) || found;
+    return found;
+  }
 
   async function verify(token: string): Promise<JWTPayload> {
     let alg: string | undefined;
@@ -63,11 +82,12 @@ export function createAuthenticator(config: AuthConfig): (request: Request) => P
   }
 
   return async (request) => {
+    // new secret keys are not JWTs and arrive in `apikey`; a user's request carries the
+    // publishable key there, and its own token as the bearer
+    const apikey = request.headers.get("apikey")?.trim();
+    if (apikey && await isServiceKey(apikey)) return { role: "service" };
     const token = bearerToken(request);
-    // digests have a fixed length, so the comparison reveals neither the key nor its length
-    if (serviceKey && timingSafeEqual(await serviceKey, await sha256(token))) {
-      return { role: "service" };
-    }
+    if (await isServiceKey(token)) return { role: "service" };
     const claims = await verify(token);
     if (claims.role === "service_role") return { role: "service" };
     const sub = userId.safeParse(claims.sub);
@@ -90,10 +110,28 @@ function bearerToken(request: Request): string {
     throw new HttpError(
       401,
       "UNAUTHENTICATED",
-      "send Authorization: Bearer <a user's access token or the service role key>",
+      "send Authorization: Bearer <a user's access token>, or a secret key in apikey",
     );
   }
   return match[1]!;
+}
+
+/**
+ * Public keys for asymmetric JWTs: the JWKS in the env first (no request needed); a key it
+ * lacks is looked up at the project's endpoint (cached by jose), as after a key rotation.
+ */
+function keySource(config: AuthConfig): JWTVerifyGetKey | undefined {
+  const local = config.jwks?.keys?.length ? createLocalJWKSet(config.jwks) : undefined;
+  const remote = config.jwksUrl ? createRemoteJWKSet(new URL(config.jwksUrl)) : undefined;
+  if (!local || !remote) return local ?? remote;
+  return async (header, token) => {
+    try {
+      return await local(header, token);
+    } catch (e) {
+      if (e instanceof errors.JWKSNoMatchingKey) return await remote(header, token);
+      throw e;
+    }
+  };
 }
 
 function invalidToken(message: string): HttpError {

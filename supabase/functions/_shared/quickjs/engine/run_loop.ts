@@ -32,6 +32,13 @@ import { type CallError, toCallError } from "./tool_errors.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
+import {
+  freshVmBytes,
+  isolateAdmission,
+  type MemoryAdmission,
+  type MemoryTicket,
+  vmBytesFor,
+} from "./admission.ts";
 
 /** How much one invocation may spend before it suspends and lets a new one continue. */
 export interface Budget {
@@ -68,6 +75,8 @@ export interface EngineConfig {
    * over the worker's life, beforeunload); invocations end their budget inside it.
    */
   isolate?: IsolateLife;
+  /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
+  admission?: MemoryAdmission;
 }
 
 export type EngineEvent =
@@ -108,6 +117,7 @@ export class Engine {
   readonly maxChildDepth: number;
   readonly onEvent: (event: EngineEvent) => void;
   readonly isolate: IsolateLife;
+  readonly admission: MemoryAdmission;
 
   constructor(config: EngineConfig) {
     this.store = config.store;
@@ -120,6 +130,7 @@ export class Engine {
     this.durableAll = config.durableAll ?? false;
     this.maxChildDepth = config.maxChildDepth ?? 16;
     this.onEvent = config.onEvent ?? (() => {});
+    this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
   }
 
@@ -135,10 +146,15 @@ export class Engine {
   async claimAndRun(
     options: { runId?: string; limit?: number } & InvocationSignals = {},
   ): Promise<InvocationResult[]> {
+    // no more runs than VMs fit now (waiting until one does): the rest stay queued
+    const limit = await this.admission.capacity(
+      await freshVmBytes(resolveLimits()),
+      options.limit ?? 1,
+    );
     const claimedAt = performance.now();
     const claimed = await this.store.claimRuns({
       worker: this.workerId,
-      limit: options.limit ?? 1,
+      limit,
       leaseSeconds: this.leaseSeconds,
       runId: options.runId,
       now: this.clock.now(),
@@ -280,7 +296,9 @@ class Invocation {
   /** claim (done by the caller) → restore or boot → run → park → snapshot → suspend. */
   async run(): Promise<InvocationResult> {
     this.#startHeartbeat();
+    let memory: MemoryTicket | undefined;
     try {
+      memory = await this.#engine.admission.acquire(await vmBytesFor(this.#run)); // lease kept
       const state = await this.#open();
       return await this.#loop(state);
     } catch (e) {
@@ -301,6 +319,7 @@ class Invocation {
       this.#engine.isolate.unloading.removeEventListener("abort", this.#onYield);
       this.#abort.abort(new LeaseLost("invocation ended"));
       if (this.#vm && !this.#vm.disposed) this.#vm.dispose();
+      memory?.release(this.#vm?.instance.memory); // counted until V8 frees it
     }
   }
 

@@ -31,9 +31,10 @@ const MiB = 1024 * 1024;
 export const MAX_STACK_BYTES = 320 * 1024;
 
 export const DEFAULT_LIMITS: Readonly<SandboxLimits> = Object.freeze({
-  // The VM's wasm memory is fixed at its static data and stack (~5 MiB) plus this, so a
-  // VM stays under ~70 MiB; an edge function has 150 MiB or more.
-  memoryBytes: 64 * MiB,
+  // The VM's wasm memory is fixed at its static data and stack (~5 MiB) plus this plus
+  // 4 MiB of headroom: 41 MiB, of which V8 counts all against the worker's 256 MB, so
+  // three fit the isolate's default budget at once (engine/admission.ts).
+  memoryBytes: 32 * MiB,
   // Below the depth at which V8's native stack overflows first (see MAX_STACK_BYTES);
   // a few thousand frames of ordinary recursion.
   stackBytes: 256 * 1024,
@@ -48,7 +49,8 @@ export const DEFAULT_LIMITS: Readonly<SandboxLimits> = Object.freeze({
 /** Bounds a task definition or caller may ask for; outside them is a 422. */
 export const LIMIT_BOUNDS: Readonly<Record<keyof SandboxLimits, readonly [number, number]>> = Object
   .freeze({
-    memoryBytes: [1 * MiB, 1024 * MiB],
+    // 96 MiB makes a 113 MiB VM: one always fits the isolate's default 128 MiB budget
+    memoryBytes: [1 * MiB, 96 * MiB],
     stackBytes: [64 * 1024, MAX_STACK_BYTES],
     sliceMs: [10, 600_000],
     logBytes: [0, 64 * MiB],

@@ -4,6 +4,7 @@
  * image (boot_image.ts); what it throws becomes a run's error in vm_errors.ts. No host
  * handle outlives a host call, apart from the prelude's internals the set-up rebuilt.
  */
+import { giveBackMemory } from "./memory_pool.ts";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
 import type { InterruptWatch, SandboxLimits } from "./limits.ts";
 import type { RunError } from "./errors.ts";
@@ -366,6 +367,8 @@ export class TaskVm {
     this.#disposed = true;
     if (this.#crashed) return; // a trapped instance cannot free; drop it whole
     disposeSetup(this.#setup);
+    // the instance is done with its memory: reuse it rather than leave it to V8's next GC
+    giveBackMemory(this.instance.memory);
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */

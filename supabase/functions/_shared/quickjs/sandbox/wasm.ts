@@ -4,6 +4,7 @@
  * file itself. Every VM gets a FRESH module instance over its own WebAssembly.Memory;
  * the compiled WebAssembly.Module is shared.
  */
+import { takeMemory } from "./memory_pool.ts";
 import {
   newQuickJSAsyncWASMModuleFromVariant,
   newVariant,
@@ -188,7 +189,7 @@ export async function instantiate(
     MAX_WASM_PAGES,
     Math.max(build.facts.minPages, pages ?? build.facts.minPages),
   );
-  const memory = new WebAssembly.Memory({ initial: size, maximum: size });
+  const memory = takeMemory(size) ?? new WebAssembly.Memory({ initial: size, maximum: size });
   const stderr: string[] = [];
   let exports: WebAssembly.Exports | undefined;
   const variant = newVariant(build.variantModule as never, {

@@ -10,9 +10,20 @@ import {
 } from "./operations.ts";
 import type { SqlDriver } from "./store.ts";
 
-export function postgresDriver(url: string, options: { max?: number } = {}): SqlDriver {
+export interface PostgresOptions {
+  /** Connections at most (default 4). */
+  max?: number;
+  /** Seconds after which an idle connection is closed (default: never). */
+  idleTimeout?: number;
+  /** Named prepared statements (default true); a transaction pooler needs false. */
+  prepare?: boolean;
+}
+
+export function postgresDriver(url: string, options: PostgresOptions = {}): SqlDriver {
   const sql = postgres(url, {
     max: options.max ?? 4,
+    ...(options.idleTimeout !== undefined ? { idle_timeout: options.idleTimeout } : {}),
+    ...(options.prepare !== undefined ? { prepare: options.prepare } : {}),
     onnotice: () => {},
     connection: { application_name: "quickjs" },
   });
