@@ -32,7 +32,8 @@ const HEADER = new URL("small.header.json", DIR);
 
 const RUN_ID = "golden-run";
 const INPUT = { name: "golden" };
-const LIMITS = resolveLimits({});
+// the golden task's own limits, pinned: a change of the defaults is not a format change
+const LIMITS = resolveLimits({ memoryBytes: 64 * 1024 * 1024 });
 /** A fixed test key: the keyed sample checks the HMAC path byte for byte. */
 const KEY: SnapshotKey = { id: "golden-key", secret: new TextEncoder().encode("golden secret") };
 

@@ -70,7 +70,7 @@ Deno.test("a snapshot whose limits are not the task's fails with SNAPSHOT_CORRUP
   using vm = await parked();
   const { bytes } = await takeSnapshot(vm, { runId: RUN });
   await refused(
-    restoreSnapshot(bytes, { runId: RUN, limits: resolveLimits({ memoryBytes: 1 << 30 }) }),
+    restoreSnapshot(bytes, { runId: RUN, limits: resolveLimits({ memoryBytes: 64 << 20 }) }),
     "SNAPSHOT_CORRUPT",
     /limits .* are not the task's/,
   );
