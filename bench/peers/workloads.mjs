@@ -96,11 +96,16 @@ class Worker {
   }
 }
 
-/** Polls until nothing is pending; throws on a failed workflow, a dead worker or a timeout. */
-async function drain(adapter, worker, { timeoutMs, pollMs = 10 }) {
+/**
+ * Polls until nothing is pending; throws on a failed workflow, a dead worker or a timeout.
+ * onProgress(pending) sees every count polled.
+ */
+async function drain(adapter, worker, { timeoutMs, pollMs = 10, onProgress = () => {} }) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if ((await adapter.pending()) === 0) break;
+    const pending = await adapter.pending();
+    onProgress(pending);
+    if (pending === 0) break;
     worker.check();
     if (Date.now() > deadline) {
       throw new Error(`timed out after ${timeoutMs} ms with ${await adapter.pending()} pending`);
@@ -117,8 +122,13 @@ async function batch(adapter, kind, { concurrency, n, timeoutMs }) {
   await adapter.enqueue(kind, n, 0);
   const started = performance.now();
   const worker = new Worker(adapter.worker({ concurrency, kind }));
+  // when the first workflow finished: what the worker's start-up cost, apart from the rest
+  let firstMs;
+  const onProgress = (pending) => {
+    if (firstMs === undefined && pending < n) firstMs = performance.now() - started;
+  };
   try {
-    await drain(adapter, worker, { timeoutMs });
+    await drain(adapter, worker, { timeoutMs, onProgress });
     const ms = performance.now() - started;
     const { peak } = worker.memory();
     return {
@@ -127,6 +137,8 @@ async function batch(adapter, kind, { concurrency, n, timeoutMs }) {
       n,
       ms: round(ms),
       perSec: round((n / ms) * 1000, 2),
+      firstDoneMs: round(firstMs),
+      perSecAfterFirst: round(((n - 1) / (ms - firstMs)) * 1000, 2),
       peakRssMb: round(peak),
     };
   } finally {
