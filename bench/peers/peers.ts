@@ -343,6 +343,9 @@ interface Figures {
   latencyP95: number;
   stepsPerSec: number;
   stepsPeakRssMb: number;
+  /** The worker's own CPU per workflow (user + system), apart from Postgres. */
+  stepsCpuMsPerWorkflow: number;
+  trivialCpuMsPerJob: number;
   sleepPerSec: number;
   peakRssMb: number;
   steady: {
@@ -351,6 +354,7 @@ interface Figures {
     lastVsFirst: number;
     rssGrowth: number;
     mbPerBatch: number;
+    cpuMsPerWorkflow: number[];
   };
 }
 
@@ -399,6 +403,10 @@ function figuresOf(entries: Entry[], system: System): Figures {
     { length: batches },
     (_, b) => r2(median(steadyRows.map((rows) => rows[b]?.rssMb))),
   );
+  const cpuMsPerWorkflow = Array.from(
+    { length: batches },
+    (_, b) => r2(median(steadyRows.map((rows) => rows[b]?.workerCpuMsPerWorkflow))),
+  );
   const first = perSec[0] ?? NaN, last = perSec[batches - 1] ?? NaN;
   const firstRss = rssMb[0] ?? NaN, lastRss = rssMb[batches - 1] ?? NaN;
   return {
@@ -408,6 +416,10 @@ function figuresOf(entries: Entry[], system: System): Figures {
     latencyP95: median(byRound("latency", (r) => r.p95)),
     stepsPerSec: median(byRound("steps", (r) => r.perSec)),
     stepsPeakRssMb: stepsPeak,
+    stepsCpuMsPerWorkflow: median(byRound("steps", (r) => r.workerCpuMsPerJob)),
+    trivialCpuMsPerJob: median(
+      trivial.filter((r) => r.concurrency === best.concurrency).map((r) => r.workerCpuMsPerJob),
+    ),
     sleepPerSec: median(byRound("sleep", (r) => r.perSec)),
     peakRssMb: Math.max(best.peakRssMb, stepsPeak),
     steady: {
@@ -416,6 +428,7 @@ function figuresOf(entries: Entry[], system: System): Figures {
       lastVsFirst: r2(last / first),
       rssGrowth: r2(lastRss / firstRss),
       mbPerBatch: batches > 1 ? r2((lastRss - firstRss) / (batches - 1)) : NaN,
+      cpuMsPerWorkflow,
     },
   };
 }
@@ -521,6 +534,8 @@ function report(figures: Record<System, Figures>, checks: Target[], config: Conf
   add("enqueue→start p95 ms", (x) => fmt(x.latencyP95));
   add(`10-step workflows/s @${config.stepsConcurrency}`, (x) => fmt(x.stepsPerSec, 2));
   add(`${config.sleepN} × durable 1 s sleep, wf/s`, (x) => fmt(x.sleepPerSec, 2));
+  add("worker CPU ms/job, trivial (best c)", (x) => fmt(x.trivialCpuMsPerJob, 2));
+  add("worker CPU ms/workflow, 10-step", (x) => fmt(x.stepsCpuMsPerWorkflow, 2));
   add("peak RSS MB, trivial (best c)", (x) => fmt(x.trivialBest.peakRssMb));
   add("peak RSS MB, 10-step", (x) => fmt(x.stepsPeakRssMb));
   add("steady wf/s, first → last", (x) => {
@@ -532,6 +547,10 @@ function report(figures: Record<System, Figures>, checks: Target[], config: Conf
     return `${fmt(m[0] ?? NaN)} → ${fmt(m[m.length - 1] ?? NaN)}`;
   });
   add("steady RSS MB per batch", (x) => fmt(x.steady.mbPerBatch, 2));
+  add("steady CPU ms/wf, first → last", (x) => {
+    const c = x.steady.cpuMsPerWorkflow;
+    return `${fmt(c[0] ?? NaN)} → ${fmt(c[c.length - 1] ?? NaN)}`;
+  });
   const targetRows = [["target", "ratio", "wanted", "by round", ""]];
   for (const t of checks) {
     targetRows.push([

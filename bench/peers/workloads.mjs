@@ -35,6 +35,17 @@ export function memoryMb(pid) {
   return { peak: kb("VmHWM") / 1024, rss: kb("VmRSS") / 1024 };
 }
 
+/**
+ * CPU time (user + system) a process has used, in ms, from /proc/<pid>/stat; 100 clock ticks a
+ * second (USER_HZ on Linux). Tells a worker that is busy itself from one waiting on Postgres.
+ */
+export function cpuMs(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // the fields after the command name, which is in parentheses and may hold spaces
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 export function percentile(sorted, p) {
   if (!sorted.length) return NaN;
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
@@ -75,6 +86,10 @@ class Worker {
 
   memory() {
     return memoryMb(this.pid);
+  }
+
+  cpuMs() {
+    return cpuMs(this.pid);
   }
 
   check() {
@@ -131,6 +146,7 @@ async function batch(adapter, kind, { concurrency, n, timeoutMs }) {
     await drain(adapter, worker, { timeoutMs, onProgress });
     const ms = performance.now() - started;
     const { peak } = worker.memory();
+    const cpu = worker.cpuMs();
     return {
       kind,
       concurrency,
@@ -140,6 +156,8 @@ async function batch(adapter, kind, { concurrency, n, timeoutMs }) {
       firstDoneMs: round(firstMs),
       perSecAfterFirst: round(((n - 1) / (ms - firstMs)) * 1000, 2),
       peakRssMb: round(peak),
+      workerCpuMs: cpu,
+      workerCpuMsPerJob: round(cpu / n, 2),
     };
   } finally {
     await worker.stop();
@@ -199,6 +217,7 @@ async function steady(adapter, { concurrency, batches, perBatch, timeoutMs }) {
     const rows = [];
     for (let b = 0; b < batches; b++) {
       const started = performance.now();
+      const cpuBefore = worker.cpuMs();
       await adapter.enqueue("steps", perBatch, b * perBatch);
       await drain(adapter, worker, { timeoutMs });
       const ms = performance.now() - started;
@@ -209,6 +228,7 @@ async function steady(adapter, { concurrency, batches, perBatch, timeoutMs }) {
         perSec: round((perBatch / ms) * 1000, 2),
         rssMb: round(rss),
         peakRssMb: round(peak),
+        workerCpuMsPerWorkflow: round((worker.cpuMs() - cpuBefore) / perBatch, 2),
       });
     }
     return { kind: "steady", concurrency, batches, perBatch, rows };
