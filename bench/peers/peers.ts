@@ -10,9 +10,10 @@
  *
  *   deno task bench:peers [--quick] [--rounds N] [--systems ours,graphile,dbos]
  *     [--db-url postgres://postgres@127.0.0.1:5432] [--dbos-poll-ms 50] [--keep-dbs]
- *     [--trivial-n 2000] [--trivial-concurrency 1,4,8,16] [--latency-samples 200]
+ *     [--trivial-n 2000] [--trivial-concurrency 1,4,8,16,32] [--latency-samples 200]
  *     [--steps-n 200] [--steps-concurrency 8] [--sleep-n 100] [--sleep-concurrency 8]
  *     [--steady-batches 10] [--steady-per-batch 50] [--steady-every-round]
+ *     [--workloads trivial,latency,steps,sleep,steady]
  *     [--peers-dir DIR] [--update-peers]
  *     [--out bench/peers.json] [--json]
  *
@@ -29,6 +30,7 @@ const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const HERE = fileURLToPath(new URL(".", import.meta.url));
 const SYSTEMS = ["ours", "graphile", "dbos"] as const;
 type System = typeof SYSTEMS[number];
+const WORKLOADS = ["trivial", "latency", "steps", "sleep", "steady"];
 
 /** What npm installs: the latest 0.17 of graphile-worker, the latest DBOS. */
 const PEER_SPECS = {
@@ -62,6 +64,7 @@ interface Config {
   steadyBatches: number;
   steadyPerBatch: number;
   steadyEveryRound: boolean;
+  workloads: string[];
   peersDir: string;
   updatePeers: boolean;
   out: string;
@@ -106,6 +109,7 @@ function parseConfig(args: string[]): Config {
       "steady-batches": { type: "string" },
       "steady-per-batch": { type: "string" },
       "steady-every-round": { type: "boolean", default: false },
+      workloads: { type: "string", default: WORKLOADS.join(",") },
       "peers-dir": { type: "string" },
       "update-peers": { type: "boolean", default: false },
       out: { type: "string", default: join(ROOT, "bench/peers.json") },
@@ -125,7 +129,11 @@ function parseConfig(args: string[]): Config {
   for (const s of systems) {
     if (!SYSTEMS.includes(s)) throw new UsageError(`--systems: unknown system ${s}`);
   }
-  const trivialConcurrency = (values["trivial-concurrency"] ?? (quick ? "4,16" : "1,4,8,16"))
+  const workloads = values.workloads.split(",").map((w) => w.trim());
+  for (const w of workloads) {
+    if (!WORKLOADS.includes(w)) throw new UsageError(`--workloads: unknown workload ${w}`);
+  }
+  const trivialConcurrency = (values["trivial-concurrency"] ?? (quick ? "4,16" : "1,4,8,16,32"))
     .split(",").map(Number);
   if (trivialConcurrency.some((c) => !Number.isInteger(c) || c < 1)) {
     throw new UsageError(`--trivial-concurrency: not a list of counts`);
@@ -147,6 +155,7 @@ function parseConfig(args: string[]): Config {
     steadyBatches: pick("steady-batches", "10", "3"),
     steadyPerBatch: pick("steady-per-batch", "50", "20"),
     steadyEveryRound: values["steady-every-round"],
+    workloads,
     peersDir: values["peers-dir"] ?? Deno.env.get("BENCH_PEERS_DIR") ??
       join(homedir(), ".cache/quickjs-bench-peers"),
     updatePeers: values["update-peers"],
@@ -303,7 +312,7 @@ function roundSteps(config: Config, round: number, best: Map<System, number>): S
   });
   // the steady state compares a worker with itself (last batch / first), so one round of
   // it is enough; with a leak it is also the longest workload by far
-  if (round > 1 && !config.steadyEveryRound) return steps;
+  if (round > 1 && !config.steadyEveryRound) return only(config, steps);
   steps.push({
     workload: "steady",
     args: () => [
@@ -315,7 +324,12 @@ function roundSteps(config: Config, round: number, best: Map<System, number>): S
       String(config.stepsConcurrency),
     ],
   });
-  return steps;
+  return only(config, steps);
+}
+
+/** The steps of the workloads --workloads asked for. */
+function only(config: Config, steps: Step[]): Step[] {
+  return steps.filter((step) => config.workloads.includes(step.workload));
 }
 
 // ---- figures, ratios, targets --------------------------------------------------------------
