@@ -201,8 +201,14 @@ async function installPeers(dir: string, update: boolean): Promise<void> {
 
 // ---- databases and drivers -----------------------------------------------------------------
 
+/**
+ * A database per system and per run: two runs at once (another checkout, another agent) must
+ * not drop or migrate each other's databases, which a fixed name let them do.
+ */
+const RUN_TAG = `${Date.now().toString(36)}${Deno.pid}`;
+
 function dbName(system: System): string {
-  return `qjs_bench_peers_${system}`;
+  return `qjs_bench_peers_${RUN_TAG}_${system}`;
 }
 
 async function recreateDatabases(config: Config): Promise<void> {
