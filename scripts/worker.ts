@@ -11,6 +11,8 @@
  *   --poll-ms MS         claim at least this often, in case a NOTIFY was lost (default 5000)
  *   --lease-seconds S    lease length; renewed every third of it (default 30)
  *   --tools module.ts    in-process tools: the module's default export, { name: fn }
+ *   --inline-sleep-max-ms MS  sleeps up to this long wait in-process; longer ones save the VM
+ *                        and wake from the database (default 5000; 0: every sleep is durable)
  *   --worker-id ID       the name in leases and logs (default worker-<host>-<pid>)
  *   --once               run until nothing is due, then exit (cron-style use, tests)
  *   --json               JSON lines instead of text
@@ -41,7 +43,7 @@ import { millis } from "./lib/format.ts";
 import { loadToolsModule } from "./lib/tools_module.ts";
 
 const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
-  "[--tools module.ts] [--worker-id ID] [--once] [--json] [--migrate]";
+  "[--tools module.ts] [--inline-sleep-max-ms MS] [--worker-id ID] [--once] [--json] [--migrate]";
 
 class UsageError extends Error {
   override name = "UsageError";
@@ -101,6 +103,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         "poll-ms": { type: "string", default: "5000" },
         "lease-seconds": { type: "string", default: "30" },
         tools: { type: "string" },
+        "inline-sleep-max-ms": { type: "string", default: "5000" },
         "worker-id": { type: "string" },
         once: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
@@ -119,6 +122,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       pollMs: positiveInt("poll-ms", values["poll-ms"], 10),
       leaseSeconds: positiveInt("lease-seconds", values["lease-seconds"], 3),
       tools: await loadTools(values.tools),
+      inlineSleepMaxMs: positiveInt("inline-sleep-max-ms", values["inline-sleep-max-ms"], 0),
       workerId: values["worker-id"] || `worker-${hostname()}-${Deno.pid}`,
       once: values.once,
       json: values.json,
@@ -138,6 +142,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     tools: new ToolRegistry(store, { http: httpOptionsFromEnv(Deno.env), custom: options.tools }),
     workerId: options.workerId,
     leaseSeconds: options.leaseSeconds,
+    inlineSleepMaxMs: options.inlineSleepMaxMs,
   });
   const worker = new WorkerLoop(store, engine, {
     concurrency: options.concurrency,

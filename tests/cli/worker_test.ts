@@ -341,6 +341,31 @@ test("the worker (real process) migrates an empty database only when given --mig
   }
 }, { serverOnly: SUBPROCESS });
 
+test(
+  "with --inline-sleep-max-ms 0 the worker saves the VM of a 2 s sleep instead of holding it",
+  async (db) => {
+    await retireOtherRuns(db);
+    const task = await publish(
+      db,
+      `export default async function () { await sleep(2000); return 1; }`,
+    );
+    const { id } = await db.store.enqueueRun({ task });
+    const r = await runScript("worker.ts", [
+      "--db",
+      db.url!,
+      "--once",
+      "--json",
+      "--inline-sleep-max-ms",
+      "0",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const first = JSON.parse(r.stdout.trim().split("\n")[0]!);
+    assert.deepEqual([first.runId, first.status], [id, "suspended"]);
+    assert.ok(first.snapshotBytes > 0, "the sleeping VM was saved");
+  },
+  { serverOnly: SUBPROCESS },
+);
+
 test("the worker refuses bad flags with exit 2", async () => {
   const r = await runScript("worker.ts", ["--concurrency", "0", "--once"]);
   assert.equal(r.code, 2, r.stderr);
