@@ -205,4 +205,7 @@ test("index.ts builds the app from the environment on the first other request", 
       else Deno.env.set(name, value);
     }
   }
+}, {
+  sanitize:
+    "index.ts keeps its app (and its pool, whose idle timers outlive a request) for the process, as a worker does",
 });
