@@ -24,23 +24,8 @@ import type {
   WaitingOn,
 } from "./rows.ts";
 
-export type {
-  CallRecord,
-  ClaimedRun,
-  ClaimJson,
-  KvCallResult,
-  KvEntry,
-  Lease,
-  LogLine,
-  PublishedTask,
-  RepairResult,
-  RunView,
-  ServiceRow,
-  SnapshotInfo,
-  SnapshotList,
-  StuckRun,
-  WaitingOn,
-} from "./rows.ts";
+// the row shapes are the store's vocabulary: callers import them from here (or mod.ts)
+export type * from "./rows.ts";
 
 /** Calls one SQL function. Implementations: postgres.ts, pglite.ts, supabase.ts. */
 export interface SqlDriver {
