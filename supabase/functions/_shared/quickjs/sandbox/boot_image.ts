@@ -194,6 +194,8 @@ export function getBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<Boo
 
 /** The context's random state is one 64-bit word: two 32-bit words, no more. */
 const MAX_SEED_WORDS = 2;
+/** Where in the JSContext its random state is looked for (the struct is ~1 KiB). */
+const CONTEXT_SCAN_BYTES = 4096;
 
 async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
   const build = await getBuild(variant);
@@ -209,31 +211,39 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
       Math.max(heapBreak(a.instance.memory, facts), heapBreak(b.instance.memory, facts)),
     );
     const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
-    const other = new Int32Array(b.instance.memory.buffer, 0, end >> 2);
+    const other = new Int32Array(b.instance.memory.buffer.slice(0, end));
     const dead = deadStackPages(facts.heapBase);
-    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64, with the clock in
-    // microseconds: two set-ups a moment apart differ in its low word only, yet the high
-    // word moves every 2^32 µs (~72 minutes). Both halves are seed words, or the
-    // fingerprint would change with the hour and older snapshots stop restoring elsewhere.
+    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64 in the JSContext
+    // (ctx->random_state), with the clock in microseconds: two set-ups a moment apart differ
+    // in its low word only, yet the high word moves every 2^32 µs (~72 minutes). Both halves
+    // are seed words, or the fingerprint would change with the hour and older snapshots stop
+    // restoring elsewhere. They are looked for in the context's first bytes only; that the
+    // rest is identical, one digest of each set-up shows (a JS loop over all 1.4 M words cost
+    // 400-480 ms of a cold start's CPU on Deno 2.1, its OSR compile queued behind the wasm's).
     const seeds = new Set<number>();
-    // one tight loop over the words (per-word page arithmetic made this 400 ms of a cold
-    // start's CPU, measured); the dead stack's words are skipped by their index range
-    const deadFrom = (dead.first * PAGE_SIZE) >> 2;
-    const deadTo = (dead.end * PAGE_SIZE) >> 2;
-    for (const i of differingWords(image, other)) {
-      if (i >= deadFrom && i < deadTo) continue;
-      const state = (i * 4) & ~7;
-      seeds.add(state).add(state + 4);
+    const from = pointers.context >> 2;
+    const to = Math.min(image.length, from + CONTEXT_SCAN_BYTES / 4);
+    for (let i = from; i < to; i++) {
+      if (image[i] !== other[i]) {
+        const state = (i * 4) & ~7;
+        seeds.add(state).add(state + 4);
+      }
     }
     const seedWords = [...seeds].sort((x, y) => x - y);
     // anything more than the seed is a set-up that depends on something this code does not pin
     if (seedWords.length > MAX_SEED_WORDS) {
       throw new Error(`VM set-up is not deterministic: ${seedWords.length} words differ`);
     }
-    const canonical = new Int32Array(image);
-    for (const address of seedWords) canonical[address >> 2] = 0;
-    canonical.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
+    const canonical = canonicalize(new Int32Array(image), seedWords, dead);
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", canonical));
+    const otherDigest = new Uint8Array(
+      await crypto.subtle.digest("SHA-256", canonicalize(other, seedWords, dead)),
+    );
+    if (digest.some((byte, i) => byte !== otherDigest[i])) {
+      throw new Error(
+        "VM set-up is not deterministic: two set-ups differ outside the random state",
+      );
+    }
     const hex = Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
     return {
       build,
@@ -250,14 +260,15 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
   }
 }
 
-/** Indexes where two word arrays differ (the first one's length). */
-function differingWords(a: Int32Array, b: Int32Array): number[] {
-  const found: number[] = [];
-  const n = a.length;
-  for (let i = 0; i < n; i++) {
-    if (a[i] !== b[i]) found.push(i);
-  }
-  return found;
+/** Zeroes the seed words and the dead stack, in place: what identifies an image across processes. */
+function canonicalize(
+  words: Int32Array,
+  seedWords: number[],
+  dead: { first: number; end: number },
+): Int32Array {
+  for (const address of seedWords) words[address >> 2] = 0;
+  words.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
+  return words;
 }
 
 /** Gives a fresh VM its own Math.random state (never all zero, which xorshift cannot leave). */
