@@ -211,7 +211,7 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
       Math.max(heapBreak(a.instance.memory, facts), heapBreak(b.instance.memory, facts)),
     );
     const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
-    const other = new Int32Array(b.instance.memory.buffer.slice(0, end));
+    const other = new Int32Array(b.instance.memory.buffer.slice(0, end) as ArrayBuffer);
     const dead = deadStackPages(facts.heapBase);
     // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64 in the JSContext
     // (ctx->random_state), with the clock in microseconds: two set-ups a moment apart differ
@@ -262,10 +262,10 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
 
 /** Zeroes the seed words and the dead stack, in place: what identifies an image across processes. */
 function canonicalize(
-  words: Int32Array,
+  words: Int32Array<ArrayBuffer>,
   seedWords: number[],
   dead: { first: number; end: number },
-): Int32Array {
+): Int32Array<ArrayBuffer> {
   for (const address of seedWords) words[address >> 2] = 0;
   words.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
   return words;
