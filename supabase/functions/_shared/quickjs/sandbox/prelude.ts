@@ -367,9 +367,11 @@ ${C_LOOP_GUARDS_SOURCE}
     configure(limitsJson) {
       limits = jsonParse(limitsJson);
       hostBytes = 0;
+      sliceBegins();
     },
     start(kind, target, inputJson, contextJson) {
       if (state !== "idle") throw new ErrorCtor("the task was started already");
+      sliceBegins();
       state = "running";
       const input = jsonParse(inputJson);
       const context = deepFreeze(jsonParse(contextJson));
@@ -408,6 +410,7 @@ ${C_LOOP_GUARDS_SOURCE}
     settle(id, ok, payloadJson, secret) {
       const entry = apply(mapGet, pending, [id]);
       if (entry === undefined) return false;
+      sliceBegins();
       if (payloadJson !== undefined) hostBytes += payloadJson.length;
       apply(mapDelete, pending, [id]);
       pendingCount--;
