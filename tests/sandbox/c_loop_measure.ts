@@ -38,14 +38,24 @@ const cases: Record<string, string> = {
   apply_arraylike: `Math.max.apply(null, { length: 1e6 })`,
 };
 const slice = Number(Deno.args[0] ?? 200);
-const only = Deno.args[1]; const skip = (Deno.args[2] ?? "").split(",").filter(Boolean);
+const only = Deno.args[1];
+const skip = (Deno.args[2] ?? "").split(",").filter(Boolean);
 for (const [name, expr] of Object.entries(cases)) {
-  if (only && !name.match(only)) continue; if (skip.some((s) => name.includes(s))) continue;
+  if (only && !name.match(only)) continue;
+  if (skip.some((s) => name.includes(s))) continue;
   const vm = await newVm({ sliceMs: slice });
   const start = performance.now();
   const r = drive(vm, `export default function () { ${expr}; return 1; }`);
   const ms = performance.now() - start;
-  const s = r.state.kind === "failed" ? r.state.error.code + ": " + r.state.error.message.slice(0, 60) : r.state.kind;
-  console.log(`${name.padEnd(28)} ${ms.toFixed(0).padStart(7)} ms  overshoot ${(Math.max(0, ms - slice)).toFixed(0).padStart(6)}  ${s}`);
-  try { vm.dispose(); } catch { /* */ }
+  const s = r.state.kind === "failed"
+    ? r.state.error.code + ": " + r.state.error.message.slice(0, 60)
+    : r.state.kind;
+  console.log(
+    `${name.padEnd(28)} ${ms.toFixed(0).padStart(7)} ms  overshoot ${
+      (Math.max(0, ms - slice)).toFixed(0).padStart(6)
+    }  ${s}`,
+  );
+  try {
+    vm.dispose();
+  } catch { /* */ }
 }
