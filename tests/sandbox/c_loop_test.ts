@@ -217,7 +217,7 @@ Deno.test("guarded built-ins give the same answers on ordinary values", async ()
   );
   assert.deepEqual(resultOf(run), [
     1,
-    "c-b-a",
+    "a-b-c",
     false,
     true,
     5,
