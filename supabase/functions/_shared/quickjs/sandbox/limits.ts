@@ -17,7 +17,10 @@ export interface SandboxLimits {
   resultBytes: number;
   /** Host calls the task may have in flight at once. */
   pendingCalls: number;
-  /** Bytes of one host call's arguments as JSON; more and the call rejects ARGS_TOO_LARGE. */
+  /**
+   * Size of one host call's arguments as JSON, in UTF-16 units (bytes, for ASCII); more and
+   * the call rejects ARGS_TOO_LARGE.
+   */
   argsBytes: number;
   /**
    * Bytes of arguments and results that may cross the bridge in one invocation. Past half

@@ -512,7 +512,13 @@ export class TaskVm {
       this.cpuMs += performance.now() - start;
       if (this.#watch.fired === "memory" && !this.#hostFailure) {
         this.#hostFailure = this.#memoryError();
-      } else if (this.#watch.fired === "time" && !this.#hostFailure) {
+      } else if (
+        this.#watch.fired === "time" &&
+        // an interrupt inside a promise job (a microtask flood) can surface as an error with
+        // no message; the deadline's own error says what happened
+        (!this.#hostFailure || this.#hostFailure.code === "SANDBOX_TIMEOUT" ||
+          !this.#hostFailure.message)
+      ) {
         this.#hostFailure = {
           code: "SANDBOX_TIMEOUT",
           name: "SandboxTimeout",
