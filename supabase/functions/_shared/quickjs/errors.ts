@@ -114,6 +114,16 @@ export const ERROR_CODES = Object.freeze(
     },
 
     // ---- a host call's rejection inside the task ------------------------------------------
+    ARGS_TOO_LARGE: {
+      where: "call",
+      status: 413,
+      about: "a host call's arguments are larger than argsBytes as JSON",
+    },
+    HOST_BYTES_EXCEEDED: {
+      where: "call",
+      status: 422,
+      about: "calls in one slice would pass more than hostBytes through the host",
+    },
     TOOL_NOT_FOUND: { where: "call", status: 404, about: "no tool or service of that name" },
     TOOL_NOT_ALLOWED: {
       where: "call",

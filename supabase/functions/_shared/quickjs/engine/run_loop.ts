@@ -923,6 +923,7 @@ class Invocation {
     const isolate = this.#engine.isolate;
     return this.#yield?.aborted === true || isolate.unloading.aborted ||
       this.#wallLeftMs() <= 0 || (this.#vm?.cpuMs ?? 0) >= this.#engine.budget.cpuMs ||
+      this.#vm?.hostBytesSpent === true ||
       isolate.cpuLeftMs() <= 0;
   }
 

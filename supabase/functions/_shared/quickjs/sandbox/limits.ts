@@ -17,6 +17,17 @@ export interface SandboxLimits {
   resultBytes: number;
   /** Host calls the task may have in flight at once. */
   pendingCalls: number;
+  /**
+   * Size of one host call's arguments as JSON, in UTF-16 units (bytes, for ASCII); more and
+   * the call rejects ARGS_TOO_LARGE.
+   */
+  argsBytes: number;
+  /**
+   * Bytes of arguments and results that may cross the bridge in one invocation. Past half
+   * of it the run suspends and continues in a fresh invocation; a call that would pass all
+   * of it (a burst of calls in one slice) rejects HOST_BYTES_EXCEEDED.
+   */
+  hostBytes: number;
 }
 
 const MiB = 1024 * 1024;
@@ -44,6 +55,12 @@ export const DEFAULT_LIMITS: Readonly<SandboxLimits> = Object.freeze({
   logBytes: 256 * 1024,
   resultBytes: 1 * MiB,
   pendingCalls: 1000,
+  // as large as a result may be: a call's arguments are stored in the journal like a result
+  argsBytes: 1 * MiB,
+  // the host keeps each call's arguments and result (parsed, and as JSON for the journal)
+  // until the invocation ends; 16 MiB of them costs the process ~50 MB at most (measured
+  // in tests/sandbox/host_memory_test.ts), a fifth of the worker's 256 MB
+  hostBytes: 16 * MiB,
 });
 
 /** Bounds a task definition or caller may ask for; outside them is a 422. */
@@ -56,6 +73,8 @@ export const LIMIT_BOUNDS: Readonly<Record<keyof SandboxLimits, readonly [number
     logBytes: [0, 64 * MiB],
     resultBytes: [16, 64 * MiB],
     pendingCalls: [1, 100_000],
+    argsBytes: [16, 64 * MiB],
+    hostBytes: [1 * MiB, 256 * MiB],
   });
 
 /** Fills in defaults and checks bounds; throws RangeError naming the limit. */

@@ -12,6 +12,8 @@
  * `JSON`, `Promise.prototype.then` or `Map.prototype` cannot confuse the bridge; arrays
  * grow through defineProperty, which setters on Array.prototype indices cannot intercept.
  */
+import { C_LOOP_GUARDS_SOURCE } from "./c_loop_guards.ts";
+
 export const PRELUDE_SOURCE = String.raw`
 (function quickjsPrelude(hostCall) {
   "use strict";
@@ -47,7 +49,13 @@ export const PRELUDE_SOURCE = String.raw`
   const errorCodePattern = /^[A-Z][A-Z0-9_]*$/;
   const speciesSymbol = Symbol.species;
 
-  let limits = { logBytes: 1 / 0, resultBytes: 1 / 0, pendingCalls: 1 / 0 };
+  let limits = {
+    logBytes: 1 / 0, resultBytes: 1 / 0, pendingCalls: 1 / 0, argsBytes: 1 / 0, hostBytes: 1 / 0,
+    sliceMs: 1 / 0, memoryBytes: 1 / 0,
+  };
+  // bytes of arguments and results that crossed the bridge since the host last configured
+  // the VM (at its start, and at every restore: once per invocation)
+  let hostBytes = 0;
   let state = "idle";
   let resultJson;
   let failure;
@@ -61,6 +69,7 @@ export const PRELUDE_SOURCE = String.raw`
   // values the host marked secret (kv secrets): console output shows them as [secret]
   const secrets = [];
   const stringSplit = String.prototype.split;
+${C_LOOP_GUARDS_SOURCE}
 
   // arr.push and arr[i] = v both go through setters a task may put on Array.prototype
   const append = (array, value) =>
@@ -74,6 +83,12 @@ export const PRELUDE_SOURCE = String.raw`
     }
     return n;
   };
+
+  // at most max UTF-8 bytes? A UTF-16 unit is 1 to 3 UTF-8 bytes (a surrogate pair, 2
+  // units, is 4), so the length alone decides, O(1), unless it lies within a factor 3 of max
+  const utf8AtMost = (s, max) => s.length <= max && (s.length * 3 <= max || utf8Length(s) <= max);
+  // an upper bound of a string's UTF-8 bytes, O(1)
+  const utf8Bound = (s) => s.length * 3;
 
   const setFatal = (code, name, message) => {
     if (fatal === undefined) fatal = { code, name, message };
@@ -116,16 +131,37 @@ export const PRELUDE_SOURCE = String.raw`
     }
     if (!isArray(args)) throw new TypeErrorCtor("__callHostTool__: args must be an array");
     const name = methodPath.length ? service + "." + apply(arrayJoin, methodPath, ["."]) : service;
+    // a string argument longer than argsBytes is refused on its length, O(1), before
+    // JSON.stringify copies it (a 16 MiB string took 0.6 s and ran out of memory there)
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      if (typeof a === "string" && a.length > limits.argsBytes) {
+        return rejectedCall("ARGS_TOO_LARGE", "the arguments of tools." + name + " are larger than " + limits.argsBytes + " bytes as JSON");
+      }
+    }
     let argsJson;
     try {
       argsJson = jsonStringify(args);
     } catch (e) {
       throw new TypeErrorCtor("tools." + name + ": arguments must be JSON-serializable (" + describe(e).message + ")");
     }
+    // checked here, on the JSON text, so an oversized argument never leaves the VM: the
+    // host makes no copy of it, and the task's await rejects with a code it can catch
+    // counted in UTF-16 units of the JSON, O(1): exact for ASCII, and never more than 3
+    // bytes a unit. Counting UTF-8 bytes exactly walks the string in bytecode, ~5 us a
+    // character here (a 400 KiB argument took 2 s, past the slice)
+    if (argsJson.length > limits.argsBytes) {
+      return rejectedCall("ARGS_TOO_LARGE", "the arguments of tools." + name + " are larger than " + limits.argsBytes + " bytes as JSON");
+    }
+    if (hostBytes + argsJson.length > limits.hostBytes) {
+      return rejectedCall("HOST_BYTES_EXCEEDED", "tools." + name + " would pass more than " + limits.hostBytes +
+        " bytes of arguments and results through the host in this invocation; await between large calls");
+    }
     if (pendingCount >= limits.pendingCalls) {
       throw setFatal("TOO_MANY_PENDING_CALLS", "LimitError",
         "more than " + limits.pendingCalls + " host calls pending at once (calling tools." + name + ")");
     }
+    hostBytes += argsJson.length;
     const id = ++nextId;
     let entry;
     const promise = new HostCallPromise((resolve, reject) => {
@@ -136,6 +172,14 @@ export const PRELUDE_SOURCE = String.raw`
     pendingCount++;
     hostCall(id, service, jsonStringify(methodPath), argsJson);
     return promise;
+  }
+
+  // a call refused before it reached the host: a rejected promise, like any host error
+  function rejectedCall(code, message) {
+    const e = new RangeErrorCtor(message);
+    e.name = "LimitError";
+    e.code = code;
+    return new PromiseCtor((_resolve, reject) => reject(e));
   }
 
   function toolProxy(service, path) {
@@ -220,11 +264,20 @@ export const PRELUDE_SOURCE = String.raw`
   function log(level, args) {
     let message = "";
     for (let i = 0; i < args.length; i++) message += (i ? " " : "") + inspect(args[i]);
-    message = redact(message);
-    const bytes = utf8Length(message) + 32;
     if (fatal !== undefined && fatal.code === "LOG_TOO_LARGE") {
       throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
     }
+    // O(1) per call in bytecode (a 20 MB message ran past the slice when every message was
+    // walked): a message longer than what is left is refused on its length; one that fits
+    // three times over is charged its length (its bytes when it is ASCII, a third of them at
+    // worst); only within a factor 3 of the limit are its UTF-8 bytes counted exactly
+    const left = limits.logBytes - logBytes - 32;
+    if (message.length > left) {
+      append(logs, { level: "error", at: dateNow(), message: "[log limit of " + limits.logBytes + " bytes reached]" });
+      throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
+    }
+    message = redact(message);
+    const bytes = (utf8Bound(message) <= left ? message.length : utf8Length(message)) + 32;
     if (logBytes + bytes > limits.logBytes) {
       append(logs, { level: "error", at: dateNow(), message: "[log limit of " + limits.logBytes + " bytes reached]" });
       throw setFatal("LOG_TOO_LARGE", "LimitError", "the task logged more than " + limits.logBytes + " bytes");
@@ -306,8 +359,7 @@ export const PRELUDE_SOURCE = String.raw`
     // the one check of resultBytes, here so an oversized result never leaves the VM. A
     // UTF-16 unit is 1 to 3 UTF-8 bytes (a surrogate pair, 2 units, is 4), so the length
     // alone decides (O(1)) unless it lies within a factor 3 of the limit
-    const max = limits.resultBytes;
-    if (json.length > max || (json.length * 3 > max && utf8Length(json) > max)) {
+    if (!utf8AtMost(json, limits.resultBytes)) {
       failure = { code: "RESULT_TOO_LARGE", name: "LimitError", message: "the task's result is larger than " + limits.resultBytes + " bytes" };
       state = "failed";
       return;
@@ -325,9 +377,12 @@ export const PRELUDE_SOURCE = String.raw`
   return freeze({
     configure(limitsJson) {
       limits = jsonParse(limitsJson);
+      hostBytes = 0;
+      sliceBegins();
     },
     start(kind, target, inputJson, contextJson) {
       if (state !== "idle") throw new ErrorCtor("the task was started already");
+      sliceBegins();
       state = "running";
       const input = jsonParse(inputJson);
       const context = deepFreeze(jsonParse(contextJson));
@@ -366,6 +421,8 @@ export const PRELUDE_SOURCE = String.raw`
     settle(id, ok, payloadJson, secret) {
       const entry = apply(mapGet, pending, [id]);
       if (entry === undefined) return false;
+      sliceBegins();
+      if (payloadJson !== undefined) hostBytes += payloadJson.length;
       apply(mapDelete, pending, [id]);
       pendingCount--;
       if (ok) {

@@ -91,6 +91,7 @@ export class TaskVm {
   #newCalls: HostCall[] = [];
   #lastCallId = 0;
   #hostFailure: RunError | undefined;
+  #hostBytes = 0;
   #crashed = false;
   #disposed = false;
   #started = false;
@@ -189,12 +190,7 @@ export class TaskVm {
     const ctx = this.context;
     let module = isEsModule(source.code);
     this.#enter(() => {
-      const limitsJson = JSON.stringify({
-        logBytes: this.#limits.logBytes,
-        resultBytes: this.#limits.resultBytes,
-        pendingCalls: this.#limits.pendingCalls,
-      });
-      this.#call("configure", [ctx.newString(limitsJson)]);
+      this.#configure();
       let loaded = ctx.evalCode(source.code, source.filename ?? "task.js", {
         type: module ? "module" : "global",
       });
@@ -230,9 +226,11 @@ export class TaskVm {
   settle(id: number, outcome: CallOutcome, options: { secret?: boolean } = {}): boolean {
     const ctx = this.context;
     return this.#enter(() => {
-      const payload = outcome.ok
-        ? outcome.value === undefined ? ctx.undefined : ctx.newString(JSON.stringify(outcome.value))
-        : ctx.newString(JSON.stringify(outcome.error));
+      const json = outcome.ok
+        ? outcome.value === undefined ? undefined : JSON.stringify(outcome.value)
+        : JSON.stringify(outcome.error);
+      this.#hostBytes += json?.length ?? 0;
+      const payload = json === undefined ? ctx.undefined : ctx.newString(json);
       const known = this.#call("settle", [
         ctx.newNumber(id),
         outcome.ok ? ctx.true : ctx.false,
@@ -340,7 +338,22 @@ export class TaskVm {
     this.#watchHeap();
     this.#started = true;
     this.#newCalls = [];
+    // the in-VM limits are the task version's, and the invocation's host bytes start at 0
+    this.#enter(() => this.#configure());
     this.state();
+  }
+
+  /**
+   * Bytes of arguments and results that crossed the bridge since the VM was created or
+   * restored (the engine suspends the run past half of limits.hostBytes).
+   */
+  get hostBytes(): number {
+    return this.#hostBytes;
+  }
+
+  /** True when the invocation should end so the run continues with a fresh host budget. */
+  get hostBytesSpent(): boolean {
+    return this.#hostBytes >= this.#limits.hostBytes / 2;
   }
 
   /** Bytes the QuickJS allocator holds, and the wasm memory size. */
@@ -382,6 +395,21 @@ export class TaskVm {
 
   // ---- internals --------------------------------------------------------------------
 
+  /** Gives the prelude the limits it checks inside the VM (and resets its host bytes). */
+  #configure(): void {
+    const l = this.#limits;
+    const limitsJson = JSON.stringify({
+      logBytes: l.logBytes,
+      resultBytes: l.resultBytes,
+      pendingCalls: l.pendingCalls,
+      argsBytes: l.argsBytes,
+      hostBytes: l.hostBytes,
+      sliceMs: l.sliceMs,
+      memoryBytes: l.memoryBytes,
+    });
+    this.#call("configure", [this.context.newString(limitsJson)]);
+  }
+
   #watchHeap(): void {
     const facts = this.instance.build.facts;
     this.#watch.watchHeap(
@@ -420,11 +448,13 @@ export class TaskVm {
       throw new Error(`host call id ${id} out of sequence (expected ${this.#lastCallId + 1})`);
     }
     this.#lastCallId = id;
+    const argsJson = ctx.getString(argsHandle);
+    this.#hostBytes += argsJson.length;
     this.#newCalls.push({
       id,
       service: ctx.getString(serviceHandle),
       path: JSON.parse(ctx.getString(pathHandle)) as string[],
-      args: JSON.parse(ctx.getString(argsHandle)) as Json[],
+      args: JSON.parse(argsJson) as Json[],
     });
   }
 
@@ -482,7 +512,13 @@ export class TaskVm {
       this.cpuMs += performance.now() - start;
       if (this.#watch.fired === "memory" && !this.#hostFailure) {
         this.#hostFailure = this.#memoryError();
-      } else if (this.#watch.fired === "time" && !this.#hostFailure) {
+      } else if (
+        this.#watch.fired === "time" &&
+        // an interrupt inside a promise job (a microtask flood) can surface as an error with
+        // no message; the deadline's own error says what happened
+        (!this.#hostFailure || this.#hostFailure.code === "SANDBOX_TIMEOUT" ||
+          !this.#hostFailure.message)
+      ) {
         this.#hostFailure = {
           code: "SANDBOX_TIMEOUT",
           name: "SandboxTimeout",
