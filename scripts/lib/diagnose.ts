@@ -13,6 +13,7 @@ import {
   SandboxError,
   type SnapshotHeader,
   type SnapshotInfo,
+  snapshotKeysFromEnv,
   type SnapshotList,
   type Store,
   type StuckRun,
@@ -44,6 +45,12 @@ export interface CallSummary {
   completedAt?: string;
   /** JSON of the result, or "CODE: message" of the error; absent while unsettled. */
   outcome?: string;
+}
+
+/** The operator's key ring (QUICKJS_ENCRYPTION_KEY): keyed snapshots verify and decrypt with it. */
+function snapshotKeys() {
+  const keys = snapshotKeysFromEnv();
+  return keys.length ? keys : undefined;
 }
 
 /**
@@ -136,7 +143,7 @@ async function summarizeSnapshot(
   let header: SnapshotHeader | undefined;
   let integrity = "ok";
   try {
-    header = (await readSnapshot(snapshot.bytes)).header;
+    header = (await readSnapshot(snapshot.bytes, { key: snapshotKeys() })).header;
   } catch (e) {
     integrity = e instanceof SandboxError ? `${e.code}: ${e.message}` : String(e);
   }
@@ -205,8 +212,12 @@ export async function restoreDryRun(store: Store, runId: string): Promise<Restor
   try {
     // a dry run cannot read the task version's limits: it restores under the ones the
     // verified header records (the engine passes the task's, and refuses a mismatch)
-    const { header } = await readSnapshot(snapshot.bytes);
-    ({ vm } = await restoreSnapshot(snapshot.bytes, { runId, limits: header.limits }));
+    const { header } = await readSnapshot(snapshot.bytes, { key: snapshotKeys() });
+    ({ vm } = await restoreSnapshot(snapshot.bytes, {
+      runId,
+      limits: header.limits,
+      key: snapshotKeys(),
+    }));
   } catch (e) {
     return {
       runId,

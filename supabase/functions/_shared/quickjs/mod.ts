@@ -117,7 +117,13 @@ export {
   SNAPSHOT_FORMAT,
   type SnapshotHeader,
   type SnapshotKey,
+  type SnapshotKeys,
   validateHeader,
 } from "./sandbox/snapshot_codec.ts";
+export {
+  ENCRYPTION_KEY_VARIABLE,
+  parseSnapshotKeys,
+  snapshotKeysFromEnv,
+} from "./sandbox/snapshot_keys.ts";
 export { type RunError, SandboxError } from "./sandbox/errors.ts";
 export { BUILD_VARIANT, type BuildVariant, getBuild, VENDORED_WASM_DIR } from "./sandbox/wasm.ts";

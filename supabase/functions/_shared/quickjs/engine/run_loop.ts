@@ -8,7 +8,8 @@
  */
 import { type CallOutcome, type HostCall, type Json, TaskVm, type VmState } from "../sandbox/vm.ts";
 import { getBootImage } from "../sandbox/boot_image.ts";
-import { restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
+import { restoreSnapshot, type SnapshotKey, takeSnapshot } from "../sandbox/snapshot.ts";
+import { snapshotKeysFromEnv } from "../sandbox/snapshot_keys.ts";
 import { type RunError, SandboxError } from "../sandbox/errors.ts";
 import { resolveLimits, type SandboxLimits } from "../sandbox/limits.ts";
 import {
@@ -29,6 +30,7 @@ import {
   type ToolRegistry,
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
+import { SECRET_TEXT, SecretSet } from "./secrets.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
@@ -77,6 +79,11 @@ export interface EngineConfig {
   isolate?: IsolateLife;
   /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
   admission?: MemoryAdmission;
+  /**
+   * Snapshot keys: the first signs and encrypts new snapshots, restores use the one a
+   * snapshot names (default: QUICKJS_ENCRYPTION_KEY, snapshot_keys.ts; none: unkeyed).
+   */
+  snapshotKeys?: SnapshotKey[];
 }
 
 export type EngineEvent =
@@ -118,6 +125,7 @@ export class Engine {
   readonly onEvent: (event: EngineEvent) => void;
   readonly isolate: IsolateLife;
   readonly admission: MemoryAdmission;
+  readonly snapshotKeys: readonly SnapshotKey[];
 
   constructor(config: EngineConfig) {
     this.store = config.store;
@@ -132,6 +140,7 @@ export class Engine {
     this.onEvent = config.onEvent ?? (() => {});
     this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
+    this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
   }
 
   /**
@@ -248,6 +257,8 @@ class Invocation {
   /** Ends the loop's current wait: a call running here settled, or a signal fired. */
   #wake: ((why: "settled" | "budget" | "lost") => void) | undefined;
   #logs: LogLine[] = [];
+  /** The secret values the task has received: redacted from everything stored (secrets.ts). */
+  readonly #secrets = new SecretSet();
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   /**
@@ -341,8 +352,10 @@ class Invocation {
           runId: run.id,
           limits: this.#limits,
           now: this.#taskClock,
+          key: this.#engine.snapshotKeys.length ? this.#engine.snapshotKeys : undefined,
         });
         this.#vm = restored.vm;
+        this.#secrets.learn(restored.vm.secretValues());
         parked = restored.header.parkedCalls;
       } catch (e) {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
@@ -432,7 +445,10 @@ class Invocation {
       path: call.path,
       args: call.args,
     };
-    const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
+    // its arguments held a secret, and the journal has them redacted: not sent as they are
+    const plan: ToolPlan = JSON.stringify(call.args).includes(SECRET_TEXT)
+      ? { kind: "reject", error: secretCallInterrupted() }
+      : await this.#engine.tools.plan(again, this.#run.allowedTools, now);
     return await this.#start(again, plan, { forceInline: true });
   }
 
@@ -509,6 +525,12 @@ class Invocation {
       plan = { kind: "reject", error };
       call = { ...call, args: [] };
     }
+    // a child's input is stored as its run's input and read back by the child: no secret in it
+    if (plan.kind === "child" && this.#secrets.within(plan.input)) {
+      plan = { kind: "reject", error: secretToChild() };
+    }
+    // arguments that hold a secret are journaled redacted: the call runs now, with the real ones
+    const carriesSecret = plan.kind === "invoke" && this.#secrets.within(call.args);
     switch (plan.kind) {
       case "reject": {
         const record = await this.#record(call, "inline");
@@ -556,7 +578,7 @@ class Invocation {
           key: plan.key,
           value: plan.value,
           secret: plan.secret,
-          args: plan.journalArgs,
+          args: this.#secrets.json(plan.journalArgs),
           logs: this.#logs.splice(0),
         }, now);
         return known({ ok: true, value: done.value }, true, done.secret);
@@ -564,7 +586,7 @@ class Invocation {
       case "invoke": {
         // a call whose journaled args are redacted (a secret write) must run now: later
         // there would be only the redacted args to run it with
-        const defer = !options.forceInline && !plan.journalArgs &&
+        const defer = !options.forceInline && !plan.journalArgs && !carriesSecret &&
           (engine.durableAll || plan.timeoutMs > this.#wallLeftMs());
         const record = await this.#record(
           call,
@@ -610,7 +632,7 @@ class Invocation {
       seq: call.id,
       service: call.service,
       path: call.path,
-      args: journalArgs ?? call.args,
+      args: this.#secrets.json(journalArgs ?? call.args),
       mode,
       wakeAt: wakeAt ?? null,
     }, this.#now);
@@ -710,6 +732,7 @@ class Invocation {
     if (!vm.settle(entry.seq, known.outcome, { secret: known.secret })) {
       this.#system(`call ${entry.seq} settled but the task was not waiting for it`);
     }
+    if (known.secret) this.#secrets.learn(vm.secretValues());
     return vm.run();
   }
 
@@ -740,15 +763,18 @@ class Invocation {
     await this.#store.settleCall(this.#lease, {
       seq,
       ok: outcome.ok,
-      result: outcome.ok ? (secret ? SECRET_MARKER : outcome.value ?? null) : undefined,
-      error: outcome.ok ? undefined : outcome.error as unknown as Json,
+      result: outcome.ok
+        ? (secret ? SECRET_MARKER : this.#secrets.json(outcome.value ?? null))
+        : undefined,
+      error: outcome.ok ? undefined : this.#secrets.json(outcome.error as unknown as Json),
       logs: this.#logs.splice(0),
     }, this.#now);
   }
 
   // ---- park, snapshot, suspend or end -------------------------------------------------------
 
-  async #complete(result: Json): Promise<InvocationResult> {
+  async #complete(value: Json): Promise<InvocationResult> {
+    const result = this.#secrets.json(value);
     const path = unstorablePath(result);
     if (path) {
       return await this.#fail({
@@ -765,7 +791,9 @@ class Invocation {
 
   async #fail(error: RunError): Promise<InvocationResult> {
     this.#collectLogs();
-    const stored = storableError(error);
+    const stored = storableError(
+      this.#secrets.json(error as unknown as Json) as unknown as RunError,
+    );
     await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
     this.#engine.onEvent({ type: "failed", runId: this.#run.id });
     return { ...this.#result("failed"), error: stored };
@@ -776,7 +804,9 @@ class Invocation {
     const error: RunError = {
       code: "VALUE_NOT_STORABLE",
       name: "StoreError",
-      message: storableText(`the database refused a value of this run: ${e.message}`),
+      message: storableText(
+        this.#secrets.text(`the database refused a value of this run: ${e.message}`),
+      ),
     };
     this.#logs = [];
     await this.#store.failRun(this.#lease, error, [], this.#now);
@@ -801,7 +831,10 @@ class Invocation {
         entry.wait = { ...wait, journaled: true };
       }
     }
-    const snapshot = await takeSnapshot(vm, { runId: this.#run.id });
+    const snapshot = await takeSnapshot(vm, {
+      runId: this.#run.id,
+      key: this.#engine.snapshotKeys[0],
+    });
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
     let wakeAt: number | null = null;
@@ -931,7 +964,8 @@ class Invocation {
     const vm = this.#vm;
     if (!vm || vm.disposed) return;
     for (const entry of vm.takeLogs()) {
-      this.#logs.push({ level: entry.level, message: storableText(entry.message), at: entry.at });
+      const message = storableText(this.#secrets.text(entry.message));
+      this.#logs.push({ level: entry.level, message, at: entry.at });
     }
   }
 
@@ -940,7 +974,11 @@ class Invocation {
   }
 
   #system(message: string): void {
-    this.#logs.push({ level: "system", message, at: this.#now.getTime() });
+    this.#logs.push({
+      level: "system",
+      message: this.#secrets.text(message),
+      at: this.#now.getTime(),
+    });
   }
 }
 
@@ -952,6 +990,24 @@ function storableError(error: RunError): RunError {
     message: storableText(error.message),
     ...(error.stack !== undefined ? { stack: storableText(error.stack) } : {}),
     ...(error.cause !== undefined ? { cause: storableError(error.cause) } : {}),
+  };
+}
+
+function secretToChild(): CallError {
+  return {
+    name: "ToolError",
+    code: "SECRET_TO_CHILD",
+    message: "a child run's input may not hold a secret (it is stored as the child's input): " +
+      "pass the kv key and let the child read the secret itself",
+  };
+}
+
+function secretCallInterrupted(): CallError {
+  return {
+    name: "ToolError",
+    code: "SECRET_CALL_INTERRUPTED",
+    message: "the call's arguments held a secret and it was cut off by a suspension: the " +
+      "journal keeps them redacted only, so it is not sent again; make the call again",
   };
 }
 

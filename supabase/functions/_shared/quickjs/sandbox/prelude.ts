@@ -398,6 +398,10 @@ export const PRELUDE_SOURCE = String.raw`
         : '{"state":' + jsonStringify(state) + (state === "failed" ? ',"error":' + jsonStringify(failure) : state === "done" ? ',"result":' + resultJson : "");
       return s + ',"pending":' + jsonStringify(ids) + ',"lastCallId":' + nextId + "}";
     },
+    // the host redacts these from everything it stores (it re-learns them after a restore)
+    secrets() {
+      return jsonStringify(secrets);
+    },
     takeLogs() {
       if (logs.length === 0) return "[]";
       const out = jsonStringify(logs);
