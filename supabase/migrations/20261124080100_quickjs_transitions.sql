@@ -225,12 +225,16 @@ comment on trigger runs_before_insert on quickjs.runs is 'See quickjs.runs_befor
 create function quickjs.enqueue_run(
   p_task text default null, p_task_id uuid default null, p_input jsonb default 'null',
   p_idempotency_key text default null, p_owner_id uuid default null,
-  p_run_at timestamptz default null, p_now timestamptz default now())
+  p_run_at timestamptz default null, p_now timestamptz default now(),
+  p_announce boolean default true)
 returns jsonb language plpgsql as $$
 declare
   t quickjs.tasks := quickjs.require_task(p_task, p_task_id);
   r quickjs.runs;
 begin
+  -- p_announce false: the caller executes the run itself right away (POST /runs), so the
+  -- dispatch trigger must not send it to a worker or the function as well
+  perform set_config('quickjs.announce', case when p_announce then 'on' else 'off' end, true);
   insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
                             created_at, updated_at)
   values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
@@ -238,6 +242,7 @@ begin
   on conflict (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
     where idempotency_key is not null do nothing
   returning * into r;
+  perform set_config('quickjs.announce', 'on', true);
   if r.id is null then
     -- only a key can conflict (a null key never does), and only with the same owner's run:
     -- keys are unique per (task, owner), so another user's run is never found nor named
@@ -254,7 +259,8 @@ begin
 end $$;
 comment on function quickjs.enqueue_run is
   'Creates a queued run of the task''s latest version; the same idempotency key and input return the '
-  'same run. Keys are the owner''s own: another owner''s equal key is another run.';
+  'same run. Keys are the owner''s own: another owner''s equal key is another run. '
+  'p_announce false: not dispatched (the caller runs it at once; the tick announces it if that fails).';
 
 -- A claimed run as the engine needs it: code, limits, and the journal entries that matter
 -- on resume (the parked calls and everything after the snapshot). The snapshot's bytes
