@@ -12,6 +12,7 @@ import {
   restoreSnapshot,
   type RunView,
   SandboxError,
+  sealJournal,
   type SnapshotHeader,
   type SnapshotInfo,
   snapshotKeysFromEnv,
@@ -98,7 +99,12 @@ export async function inspectRun(
   // get_run returns the last p_log_limit lines; one more says whether there are earlier ones
   const view = await store.getRun(runId, { logLimit: keep + 1 });
   if (!view) return null;
-  const [calls, snapshot] = await Promise.all([store.listCalls(runId), store.getSnapshot(runId)]);
+  // with the operator's key the sealed journal opens; without it, entries show as sealed
+  const journal = sealJournal(store, snapshotKeysFromEnv());
+  const [calls, snapshot] = await Promise.all([
+    journal.listCalls(runId),
+    store.getSnapshot(runId),
+  ]);
   const { logs = [], input, result, ...rest } = view;
   const run: RunSummary = { ...rest, input: shorten(input, VALUE_CHARS) };
   if (view.status === "completed") run.result = shorten(result, VALUE_CHARS);

@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { dbTests, type TestDb } from "../support/db.ts";
 import { harness, runToEnd } from "../support/engine_harness.ts";
-import { invokeOnce, startWith } from "../support/engine_scenarios.ts";
+import { invokeAndCrash, invokeOnce, startWith } from "../support/engine_scenarios.ts";
 import {
+  type Json,
   parseSnapshotKeys,
   readSnapshot,
   type SnapshotKey,
@@ -88,6 +89,38 @@ test("a worker without the key (or with another) cannot restore: the run fails S
   assert.equal(run2.error?.code, "SNAPSHOT_CORRUPT");
 });
 
+test("a worker whose ring lacks the key of a journal entry fails the run JOURNAL_UNREADABLE instead of running the call again", async (db) => {
+  const crash = new AbortController();
+  let calls = 0;
+  const tool = (method: string[]) => {
+    calls++;
+    if (method[0] === "second") {
+      crash.abort();
+      return new Promise<never>(() => {});
+    }
+    return "one";
+  };
+  const writer = harness(db.store, { snapshotKeys: [key("k1")], custom: { effects: tool } });
+  const id = await startWith(
+    writer,
+    `export default async function () {
+      await tools.effects.first();
+      return await tools.effects.second();
+    }`,
+  );
+  await invokeAndCrash(writer, id, crash); // no snapshot: only the journal holds call 1
+  const other = harness(db.store, {
+    snapshotKeys: [key("k2")],
+    clock: writer.clock,
+    custom: { effects: tool },
+  });
+  const run = await runToEnd(other, id);
+  assert.equal(run.status, "failed");
+  assert.equal(run.error?.code, "JOURNAL_UNREADABLE");
+  assert.match(run.error!.message, /call 1 \(sealed with key k1\)/);
+  assert.equal(calls, 2, "neither call ran again");
+});
+
 test("after a rotation (new key first, old key kept) a snapshot made with the old key restores, and the next is written with the new", async (db) => {
   const old = key("2026-11");
   const h = harness(db.store, { snapshotKeys: [old] });
@@ -126,4 +159,107 @@ test("QUICKJS_ENCRYPTION_KEY parses as id:base64 lists and JSON maps, first key 
   assert.throws(() => parseSnapshotKeys(a), /<id>:<base64>/);
   assert.deepEqual(parseSnapshotKeys(""), []);
   await Promise.resolve();
+});
+
+// ---- the journal's payloads ------------------------------------------------------------------
+
+const JOURNAL_MARKER = "journal-marker-5b1e0d7c";
+
+/** Every text quickjs.calls holds for a run. */
+async function journalText(db: TestDb, runId: string): Promise<string> {
+  const [row] = await db.query<{ text: string }>(
+    "select coalesce(jsonb_agg(to_jsonb(c))::text, '') as text from quickjs.calls c where run_id = $1",
+    [runId],
+  );
+  return row!.text;
+}
+
+test("with a key a database reader sees no call argument, result or error of the journal in plain text", async (db) => {
+  const k1 = key("k1");
+  const h = harness(db.store, {
+    snapshotKeys: [k1],
+    custom: {
+      echo: (_m, args) => ({ echoed: args[0]! }),
+      refuse: (_m, args) => {
+        throw Object.assign(new Error(`refused ${String(args[0])}`), { code: "SERVICE_ERROR" });
+      },
+    },
+  });
+  const id = await startWith(
+    h,
+    `export default async function () {
+      const a = await tools.echo.call(${JSON.stringify(JOURNAL_MARKER + "-arg")});
+      let e;
+      try { await tools.refuse.call(${
+      JSON.stringify(JOURNAL_MARKER + "-err")
+    }); } catch (x) { e = x.message; }
+      await sleep("1 hour"); // suspended and restored: the restored run reads the journal back
+      const b = await tools.echo.call(a.echoed + "-again");
+      return { a, b, e };
+    }`,
+  );
+  assert.equal((await invokeOnce(h, id)).status, "suspended");
+  const run = await runToEnd(h, id);
+  assert.equal(run.status, "completed", JSON.stringify(run.error));
+  assert.deepEqual(run.result, {
+    a: { echoed: `${JOURNAL_MARKER}-arg` },
+    b: { echoed: `${JOURNAL_MARKER}-arg-again` },
+    e: `refused ${JOURNAL_MARKER}-err`,
+  });
+  const text = await journalText(db, id);
+  assert.ok(!text.includes(JOURNAL_MARKER), "no payload of quickjs.calls is plain text");
+  const raw = (await db.store.listCalls(id)).find((c) => c.service === "refuse")!;
+  assert.equal((raw.error as unknown as { $sealed: string }).$sealed, "k1");
+  assert.equal(raw.error!.code, "SERVICE_ERROR", "an error's code stays searchable");
+  // the engine's store opens what it sealed
+  const opened = (await h.engine.store.listCalls(id)).find((c) => c.service === "echo")!;
+  assert.deepEqual(opened.args, [`${JOURNAL_MARKER}-arg`]);
+  assert.deepEqual(opened.result, { echoed: `${JOURNAL_MARKER}-arg` });
+});
+
+test("a sealed call journaled with the old key before a crash is still replayed, not run again, by a worker with the rotated ring", async (db) => {
+  const k1 = key("old");
+  const k2 = key("new");
+  const count: Record<string, number> = {};
+  const crash = new AbortController();
+  const tool = (method: string[], args: Json[]) => {
+    const name = method.join(".");
+    count[name] = (count[name] ?? 0) + 1;
+    if (name === "second" && !crash.signal.aborted) {
+      crash.abort(); // the process dies while this call is in flight
+      return new Promise<never>(() => {});
+    }
+    return `${name}:${String(args[0])}`;
+  };
+  const before = harness(db.store, { snapshotKeys: [k1], custom: { effects: tool } });
+  const id = await startWith(
+    before,
+    `export default async function () {
+      const one = await tools.effects.first(${JSON.stringify(JOURNAL_MARKER)});
+      const two = await tools.effects.second(one);
+      return [one, two];
+    }`,
+  );
+  await invokeAndCrash(before, id, crash);
+  // rotated: the new key writes, the old one stays in the ring to read what it sealed
+  const after = harness(db.store, {
+    snapshotKeys: [k2, k1],
+    clock: before.clock,
+    custom: { effects: tool },
+  });
+  const run = await runToEnd(after, id);
+  assert.equal(run.status, "completed", JSON.stringify(run.error));
+  assert.deepEqual(run.result, [
+    `first:${JOURNAL_MARKER}`,
+    `second:first:${JOURNAL_MARKER}`,
+  ]);
+  assert.equal(count.first, 1, "call 1 came from the journal: its sealed arguments matched");
+  assert.equal(count.second, 2, "call 2 was in flight at the crash: it ran again");
+  const calls = await db.store.listCalls(id);
+  const keyOf = (v: unknown) => (v as { $sealed?: string } | undefined)?.$sealed;
+  assert.deepEqual(calls.map((c) => [c.seq, keyOf(c.args[0]), keyOf(c.result)]), [
+    [1, "old", "old"],
+    [2, "old", "old"],
+  ], "a re-issued call keeps the key its entry was sealed with");
+  assert.ok(!(await journalText(db, id)).includes(JOURNAL_MARKER));
 });

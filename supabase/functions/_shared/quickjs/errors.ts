@@ -89,6 +89,11 @@ export const ERROR_CODES = Object.freeze(
       status: 500,
       about: "the snapshot is damaged, of another run, or under other limits",
     },
+    JOURNAL_UNREADABLE: {
+      where: "run",
+      status: 500,
+      about: "a journal entry is sealed with a key the worker's ring lacks",
+    },
     VALUE_NOT_STORABLE: {
       where: "run",
       status: 422,

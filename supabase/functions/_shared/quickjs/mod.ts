@@ -126,6 +126,7 @@ export {
   parseSnapshotKeys,
   snapshotKeysFromEnv,
 } from "./sandbox/snapshot_keys.ts";
+export { isSealed, type Sealed, sealJournal } from "./engine/journal_seal.ts";
 export { type RunError, SandboxError } from "./sandbox/errors.ts";
 export {
   BUILD_VARIANT,

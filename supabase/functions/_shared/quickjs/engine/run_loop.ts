@@ -31,6 +31,7 @@ import {
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
 import { SECRET_TEXT, SecretSet } from "./secrets.ts";
+import { sealJournal, unreadableEntry } from "./journal_seal.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
@@ -80,8 +81,9 @@ export interface EngineConfig {
   /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
   admission?: MemoryAdmission;
   /**
-   * Snapshot keys: the first signs and encrypts new snapshots, restores use the one a
-   * snapshot names (default: QUICKJS_ENCRYPTION_KEY, snapshot_keys.ts; none: unkeyed).
+   * Snapshot keys: the first signs and encrypts new snapshots and seals the journal's
+   * payloads, reads use the one a snapshot or entry names (default: QUICKJS_ENCRYPTION_KEY,
+   * snapshot_keys.ts; none: unkeyed and unsealed).
    */
   snapshotKeys?: SnapshotKey[];
 }
@@ -128,7 +130,9 @@ export class Engine {
   readonly snapshotKeys: readonly SnapshotKey[];
 
   constructor(config: EngineConfig) {
-    this.store = config.store;
+    this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
+    // with a key, the journal's payloads are sealed too (journal_seal.ts)
+    this.store = sealJournal(config.store, this.snapshotKeys);
     this.tools = config.tools;
     this.clock = config.clock ?? systemClock;
     this.workerId = config.workerId;
@@ -140,7 +144,6 @@ export class Engine {
     this.onEvent = config.onEvent ?? (() => {});
     this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
-    this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
   }
 
   /**
@@ -361,6 +364,8 @@ class Invocation {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
         throw e;
       }
+      const sealed = this.#sealedJournal();
+      if (sealed) return sealed;
       this.#restored = true;
       this.#engine.onEvent({
         type: "restored",
@@ -372,6 +377,8 @@ class Invocation {
       // the parked calls as the verified header lists them (the restore checked the VM agrees)
       return await this.#resumeParked(parked);
     }
+    const sealed = this.#sealedJournal();
+    if (sealed) return sealed;
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
     const state = this.#vm.start(
@@ -408,6 +415,21 @@ class Invocation {
       state = await this.#deliver(next);
     }
     return state;
+  }
+
+  /** A failure when a journal entry the run needs is sealed with a key this worker lacks. */
+  #sealedJournal(): VmState | undefined {
+    const entry = unreadableEntry(this.#run.calls);
+    if (!entry) return undefined;
+    return {
+      kind: "failed",
+      error: {
+        code: "JOURNAL_UNREADABLE",
+        name: "JournalUnreadable",
+        message: `the journal's ${entry} does not open with this worker's keys ` +
+          "(QUICKJS_ENCRYPTION_KEY): keep an old key in the ring until no run needs it",
+      },
+    };
   }
 
   /** How a call found parked in a restored VM waits, from its journal entry. */
