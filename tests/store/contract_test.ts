@@ -474,7 +474,7 @@ function contractSuite(
   );
 
   it(
-    "idempotency keys are the owner's own: another user's equal key is another run, never a conflict naming theirs",
+    "a user who reuses another user's idempotency key gets a run of their own, and no 409 names the other user's run",
     async (db, store) => {
       const task = await newTask(store);
       const alice = crypto.randomUUID();
