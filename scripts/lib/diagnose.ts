@@ -12,8 +12,10 @@ import {
   restoreSnapshot,
   type RunView,
   SandboxError,
+  sealJournal,
   type SnapshotHeader,
   type SnapshotInfo,
+  snapshotKeysFromEnv,
   type SnapshotList,
   type Store,
   type StuckRun,
@@ -45,6 +47,12 @@ export interface CallSummary {
   completedAt?: string;
   /** JSON of the result, or "CODE: message" of the error; absent while unsettled. */
   outcome?: string;
+}
+
+/** The operator's key ring (QUICKJS_ENCRYPTION_KEY): keyed snapshots verify and decrypt with it. */
+function snapshotKeys() {
+  const keys = snapshotKeysFromEnv();
+  return keys.length ? keys : undefined;
 }
 
 /**
@@ -91,7 +99,12 @@ export async function inspectRun(
   // get_run returns the last p_log_limit lines; one more says whether there are earlier ones
   const view = await store.getRun(runId, { logLimit: keep + 1 });
   if (!view) return null;
-  const [calls, snapshot] = await Promise.all([store.listCalls(runId), store.getSnapshot(runId)]);
+  // with the operator's key the sealed journal opens; without it, entries show as sealed
+  const journal = sealJournal(store, snapshotKeysFromEnv());
+  const [calls, snapshot] = await Promise.all([
+    journal.listCalls(runId),
+    store.getSnapshot(runId),
+  ]);
   const { logs = [], input, result, ...rest } = view;
   const run: RunSummary = { ...rest, input: shorten(input, VALUE_CHARS) };
   if (view.status === "completed") run.result = shorten(result, VALUE_CHARS);
@@ -137,7 +150,7 @@ async function summarizeSnapshot(
   let header: SnapshotHeader | undefined;
   let integrity = "ok";
   try {
-    header = (await readSnapshot(snapshot.bytes)).header;
+    header = (await readSnapshot(snapshot.bytes, { key: snapshotKeys() })).header;
   } catch (e) {
     integrity = e instanceof SandboxError ? `${e.code}: ${e.message}` : String(e);
   }
@@ -206,8 +219,12 @@ export async function restoreDryRun(store: Store, runId: string): Promise<Restor
   try {
     // a dry run cannot read the task version's limits: it restores under the ones the
     // verified header records (the engine passes the task's, and refuses a mismatch)
-    const { header } = await readSnapshot(snapshot.bytes);
-    ({ vm } = await restoreSnapshot(snapshot.bytes, { runId, limits: header.limits }));
+    const { header } = await readSnapshot(snapshot.bytes, { key: snapshotKeys() });
+    ({ vm } = await restoreSnapshot(snapshot.bytes, {
+      runId,
+      limits: header.limits,
+      key: snapshotKeys(),
+    }));
   } catch (e) {
     return {
       runId,

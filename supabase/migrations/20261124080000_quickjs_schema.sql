@@ -75,6 +75,7 @@ create table quickjs.runs (
   parent_run_id uuid references quickjs.runs (id) on delete set null,
   parent_call_seq int,
   depth int not null default 0,
+  root_run_id uuid,
   owner_id uuid,
   idempotency_key text,
   created_at timestamptz not null default now(),
@@ -82,7 +83,6 @@ create table quickjs.runs (
   started_at timestamptz,
   finished_at timestamptz,
   foreign key (task_id, task_version) references quickjs.task_versions (task_id, version),
-  constraint runs_idempotency unique (task_id, idempotency_key),
   constraint runs_leased check (
     status <> 'running' or (lease_owner is not null and lease_expires_at is not null and fencing_token is not null)),
   constraint runs_final check ((status in ('completed', 'failed', 'cancelled')) = (finished_at is not null)),
@@ -97,16 +97,28 @@ comment on table quickjs.runs is
 comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
 comment on column quickjs.runs.lease_expirations is
   'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
+comment on column quickjs.runs.root_run_id is
+  'The run at the top of a child''s tree (null for a top run): start_child counts a tree''s runs by it.';
+comment on column quickjs.runs.idempotency_key is
+  'Unique per task and owner (runs_idempotency): one user cannot claim, or learn of, another''s key.';
 comment on column quickjs.runs.waiting_on is 'What a suspended run waits for: {calls, children, wakeAt}.';
 
 create index runs_claim_queued on quickjs.runs (run_at) where status = 'queued';
 create index runs_claim_suspended on quickjs.runs (wake_at) where status = 'suspended';
 create index runs_lease_expiry on quickjs.runs (lease_expires_at) where status = 'running';
+-- Per owner: with (task, key) alone, one user could take a key another will use, and a
+-- conflict would tell them of the other's run. Service calls (owner null) share one space.
+create unique index runs_idempotency on quickjs.runs
+  (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
+  where idempotency_key is not null;
+create index runs_root on quickjs.runs (root_run_id) where root_run_id is not null;
 create index runs_parent on quickjs.runs (parent_run_id) where parent_run_id is not null;
 create index runs_owner on quickjs.runs (owner_id, created_at desc) where owner_id is not null;
 comment on index quickjs.runs_claim_queued is 'claim_runs: queued runs by when they are due.';
 comment on index quickjs.runs_claim_suspended is 'claim_runs and the tick: sleepers by wake time.';
 comment on index quickjs.runs_lease_expiry is 'The lease sweep: running runs by lease expiry.';
+comment on index quickjs.runs_idempotency is 'enqueue_run and start_child: one run per task, owner and key.';
+comment on index quickjs.runs_root is 'start_child: how many runs a tree has (the descendant limit).';
 comment on index quickjs.runs_parent is 'A run''s children (cancel_run, find_stuck_runs).';
 comment on index quickjs.runs_owner is 'A user''s runs, newest first (the authenticated read policy).';
 
@@ -220,7 +232,8 @@ create table quickjs.settings (
   value text not null
 );
 comment on table quickjs.settings is
-  'Dispatch settings: dispatch = notify | pg_net | none; function_url for pg_net.';
+  'Dispatch settings: dispatch = notify | pg_net | none; function_url for pg_net. Fan-out '
+  'limits: max_children_per_run (default 100), max_descendants_per_root (default 1000).';
 insert into quickjs.settings (key, value) values ('dispatch', 'notify');
 
 -- ---- row level security ---------------------------------------------------------------------

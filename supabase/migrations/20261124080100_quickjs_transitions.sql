@@ -243,13 +243,16 @@ begin
                             created_at, updated_at)
   values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
           coalesce(p_run_at, p_now), p_now, p_now)
-  on conflict (task_id, idempotency_key) do nothing
+  on conflict (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
+    where idempotency_key is not null do nothing
   returning * into r;
   perform set_config('quickjs.announce', 'on', true);
   if r.id is null then
-    -- only a key can conflict (a null key never does)
-    select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key;
-    if r.input is distinct from coalesce(p_input, 'null') or r.owner_id is distinct from p_owner_id then
+    -- only a key can conflict (a null key never does), and only with the same owner's run:
+    -- keys are unique per (task, owner), so another user's run is never found nor named
+    select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key
+      and owner_id is not distinct from p_owner_id;
+    if r.input is distinct from coalesce(p_input, 'null') then
       perform quickjs.raise_error('IDEMPOTENCY_CONFLICT', format(
         'idempotency key %s was used for run %s with a different input', p_idempotency_key, r.id),
         'QJ409');
@@ -259,7 +262,8 @@ begin
   return quickjs.run_json(r) || '{"created": true}';
 end $$;
 comment on function quickjs.enqueue_run is
-  'Creates a queued run of the task''s latest version; the same idempotency key and input return the same run. '
+  'Creates a queued run of the task''s latest version; the same idempotency key and input return the '
+  'same run. Keys are the owner''s own: another owner''s equal key is another run. '
   'p_announce false: not dispatched (the caller runs it at once; the tick announces it if that fails).';
 
 -- A claimed run as the engine needs it: code, limits, and the journal entries that matter
@@ -586,6 +590,10 @@ declare
   t quickjs.tasks;
   child quickjs.runs;
   v_error jsonb;
+  v_root uuid := coalesce(r.root_run_id, r.id);
+  v_max_children int;
+  v_max_descendants int;
+  v_count int;
 begin
   if c.run_id is not null then
     return quickjs.call_json(c) || jsonb_build_object('replayed', c.status in ('succeeded', 'failed'));
@@ -598,6 +606,29 @@ begin
     v_error := jsonb_build_object('code', 'CHILD_DEPTH_EXCEEDED', 'name', 'ChildDepthExceeded',
       'message', format('child runs may nest %s deep', p_max_depth));
   end if;
+  -- Fan-out: depth alone let a task that starts 8 children of itself make thousands of
+  -- runs. Counted here, in the transaction that adds the child: the run is locked (its
+  -- children are exact) and the tree's lock serializes the siblings of one root.
+  if v_error is null then
+    v_max_children := coalesce((select value::int from quickjs.settings
+                                where key = 'max_children_per_run'), 100);
+    v_max_descendants := coalesce((select value::int from quickjs.settings
+                                   where key = 'max_descendants_per_root'), 1000);
+    select count(*) into v_count from quickjs.runs where parent_run_id = r.id;
+    if v_count >= v_max_children then
+      v_error := jsonb_build_object('code', 'CHILD_LIMIT_EXCEEDED', 'name', 'ChildLimitExceeded',
+        'message', format('a run may start %s child runs (max_children_per_run)', v_max_children));
+    else
+      perform pg_advisory_xact_lock(hashtextextended('quickjs.tree:' || v_root, 0));
+      select count(*) into v_count from quickjs.runs where root_run_id = v_root;
+      if v_count >= v_max_descendants then
+        v_error := jsonb_build_object('code', 'DESCENDANT_LIMIT_EXCEEDED',
+          'name', 'DescendantLimitExceeded', 'message', format(
+            'a top run and its children may start %s runs in all (max_descendants_per_root)',
+            v_max_descendants));
+      end if;
+    end if;
+  end if;
   if v_error is not null then
     insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status, error,
                                idempotency_key, created_at, completed_at)
@@ -607,10 +638,11 @@ begin
     return quickjs.call_json(c) || '{"replayed": false}';
   end if;
   insert into quickjs.runs (task_id, task_name, input, parent_run_id, parent_call_seq, depth,
-                            owner_id, idempotency_key, run_at, created_at, updated_at)
-  values (t.id, t.name, coalesce(p_input, 'null'), r.id, p_seq, r.depth + 1, r.owner_id,
+                            root_run_id, owner_id, idempotency_key, run_at, created_at, updated_at)
+  values (t.id, t.name, coalesce(p_input, 'null'), r.id, p_seq, r.depth + 1, v_root, r.owner_id,
           'child-of:' || r.id || ':' || p_seq || ':' || md5(v_args::text), p_now, p_now, p_now)
-  on conflict (task_id, idempotency_key) do update set updated_at = excluded.updated_at
+  on conflict (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
+    where idempotency_key is not null do update set updated_at = excluded.updated_at
   returning * into child;
   insert into quickjs.calls (run_id, seq, service, method_path, args, mode, status,
                              idempotency_key, child_run_id, created_at)
@@ -625,7 +657,8 @@ begin
   return quickjs.call_json(c) || '{"replayed": false}';
 end $$;
 comment on function quickjs.start_child is
-  'tools.tasks.execute: journals the call and enqueues the child run in one transaction.';
+  'tools.tasks.execute: journals the call and enqueues the child run in one transaction; refuses '
+  'past the depth, children-per-run and descendants-per-root limits (settings).';
 
 -- Settles the parent's call with a finished child's outcome (the parent row must be locked).
 create function quickjs.settle_from_child(child quickjs.runs, p_now timestamptz)

@@ -17,7 +17,7 @@ import {
   repairStuckRuns,
   restoreDryRun,
 } from "../../scripts/lib/diagnose.ts";
-import { StoreError } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { SNAPSHOT_FORMAT, StoreError } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = testGroup("cli_diagnose");
 const SUBPROCESS = "runs the CLI as a subprocess, which cannot open the tests' in-memory PGlite";
@@ -137,7 +137,7 @@ test("inspectRun shows the run, its journal, its snapshot header and its last lo
   );
   const s = report.snapshot;
   assert.ok(s);
-  assert.equal(s.format, 2);
+  assert.equal(s.format, SNAPSHOT_FORMAT);
   assert.equal(s.packageVersion, "0.32.0");
   assert.match(s.wasmSha256, /^[0-9a-f]{64}$/);
   assert.deepEqual(s.parkedCalls, [2]);

@@ -373,7 +373,8 @@ test("after a crash the secret read is executed again, not delivered from the jo
       const token = await tools.kv.get(key);
       await tools.effects.after();
       console.log("using", token);
-      return token;
+      // reversed, so the stored result (where the secret itself is redacted) shows the task had it
+      return token.split("").reverse().join("");
     }`,
     { key },
   );
@@ -383,7 +384,7 @@ test("after a crash the secret read is executed again, not delivered from the jo
 
   const run = await runToEnd(h, id);
   assert.equal(run.status, "completed");
-  assert.equal(run.result, SECRET, "the value, not the marker");
+  assert.equal(run.result, [...SECRET].reverse().join(""), "the value, not the marker");
   assert.equal(store.kvGets, 2, "read again from kv");
   assert.deepEqual((await callOf(h, id, 1)).result, { $secret: true });
   assert.deepEqual(logsOf(run, "log"), ["using [secret]"]);
@@ -428,7 +429,7 @@ test(
       `export default async function ({ key }) {
         const token = await tools.kv.get(key);
         await checkpoint();
-        return token;
+        return token.split("").reverse().join("");
       }`,
       { key },
     );
@@ -441,7 +442,11 @@ test(
 
     const run = await runToEnd(h, id);
     assert.equal(run.status, "completed");
-    assert.equal(run.result, SECRET, "the task must get the secret, not {$secret: true}");
+    assert.equal(
+      run.result,
+      [...SECRET].reverse().join(""),
+      "the task must get the secret, not {$secret: true}",
+    );
   },
   // Regression (fixed): run_loop.ts #resumeParked delivers a settled call's journaled result even when it
   // is the secret marker; #start re-runs such reads, #resumeParked does not.

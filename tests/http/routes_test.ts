@@ -165,6 +165,31 @@ test("an idempotency key returns the same run for the same input and 409 for ano
   assert.equal(background.length, 1);
 });
 
+test("a user who POSTs another user's idempotency key gets a run of their own; no answer names the other's run", async (db) => {
+  await publish(db);
+  const { app } = harness(db);
+  const key = `order-${crypto.randomUUID().slice(0, 8)}`;
+  const victim = await send(app, "POST", "/quickjs/runs", {
+    token: await userToken(crypto.randomUUID()),
+    body: { task: "nap", input: { who: "victim" }, idempotencyKey: key },
+  });
+  assert.equal(victim.body.created, true);
+  const attackerToken = await userToken(crypto.randomUUID());
+  for (const input of [{ who: "victim" }, { who: "attacker" }]) {
+    const res = await send(app, "POST", "/quickjs/runs", {
+      token: attackerToken,
+      body: { task: "nap", input, idempotencyKey: key },
+    });
+    assert.ok(!JSON.stringify(res.body).includes(victim.body.run.id), JSON.stringify(res.body));
+    if (input.who === "victim") assert.equal(res.body.created, true, "the attacker's own run");
+    else {
+      // the same key with another input: a conflict with the attacker's own run only
+      assert.equal(res.status, 409);
+      assert.equal(res.body.error.code, "IDEMPOTENCY_CONFLICT");
+    }
+  }
+});
+
 test("a user's run is the user's: others get 404 RUN_NOT_FOUND, the service role sees it", async (db) => {
   await publish(db);
   const { app, background } = harness(db);

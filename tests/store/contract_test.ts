@@ -484,11 +484,48 @@ function contractSuite(
         "IDEMPOTENCY_CONFLICT",
         409,
       );
-      await rejectsWith(
-        store.enqueueRun({ task, input: { a: 1 }, idempotencyKey: "k", ownerId: null }),
-        "IDEMPOTENCY_CONFLICT",
-        409,
+    },
+  );
+
+  it(
+    "a user who reuses another user's idempotency key gets a run of their own, and no 409 names the other user's run",
+    async (db, store) => {
+      const task = await newTask(store);
+      const alice = crypto.randomUUID();
+      const mallory = crypto.randomUUID();
+      // mallory claims the key first: alice's run is still hers, created, with her input
+      const squatted = await store.enqueueRun({
+        task,
+        input: { evil: true },
+        idempotencyKey: "order-42",
+        ownerId: mallory,
+      });
+      const mine = await store.enqueueRun({
+        task,
+        input: { a: 1 },
+        idempotencyKey: "order-42",
+        ownerId: alice,
+      });
+      assert.equal(mine.created, true);
+      assert.notEqual(mine.id, squatted.id);
+      assert.deepEqual(mine.input, { a: 1 });
+      const service = await store.enqueueRun({ task, input: 1, idempotencyKey: "order-42" });
+      assert.equal(service.created, true);
+      // a conflict within one owner names only that owner's run
+      const conflict = await store.enqueueRun({
+        task,
+        input: { evil: false },
+        idempotencyKey: "order-42",
+        ownerId: mallory,
+      }).then(() => null, (e: Error) => e);
+      assert.ok(conflict, "the same owner's key with another input conflicts");
+      assert.ok(!conflict.message.includes(mine.id), conflict.message);
+      assert.ok(conflict.message.includes(squatted.id), conflict.message);
+      const [row] = await db.query<{ n: number }>(
+        "select count(*)::int as n from quickjs.runs where task_name = $1",
+        [task],
       );
+      assert.equal(row!.n, 3);
     },
   );
 

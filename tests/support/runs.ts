@@ -7,6 +7,7 @@ import {
   type ClaimedRun,
   DEFAULT_LIMITS,
   type Lease,
+  SNAPSHOT_FORMAT,
   type SnapshotHeader,
   type Store,
   StoreError,
@@ -110,7 +111,7 @@ export function fakeSnapshotBytes(size = 9000): Uint8Array {
 /** A header shaped like sandbox/snapshot.ts's, parked on `parkedCalls`. */
 export function fakeHeader(parkedCalls: number[], lastCallId: number): SnapshotHeader {
   return {
-    format: 2,
+    format: SNAPSHOT_FORMAT,
     runId: "run-of-a-fake-header",
     keyId: null,
     variant: "asyncify",

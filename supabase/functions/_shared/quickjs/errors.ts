@@ -89,6 +89,11 @@ export const ERROR_CODES = Object.freeze(
       status: 500,
       about: "the snapshot is damaged, of another run, or under other limits",
     },
+    JOURNAL_UNREADABLE: {
+      where: "run",
+      status: 500,
+      about: "a journal entry is sealed with a key the worker's ring lacks",
+    },
     VALUE_NOT_STORABLE: {
       where: "run",
       status: 422,
@@ -184,6 +189,28 @@ export const ERROR_CODES = Object.freeze(
       status: 422,
       sql: true,
       about: "child runs nest deeper than allowed",
+    },
+    SECRET_TO_CHILD: {
+      where: "call",
+      status: 422,
+      about: "a child run's input holds a secret (pass the kv key instead)",
+    },
+    SECRET_CALL_INTERRUPTED: {
+      where: "call",
+      status: 503,
+      about: "a call carrying a secret was cut off; its redacted arguments are not sent again",
+    },
+    CHILD_LIMIT_EXCEEDED: {
+      where: "call",
+      status: 422,
+      sql: true,
+      about: "the run started max_children_per_run children already",
+    },
+    DESCENDANT_LIMIT_EXCEEDED: {
+      where: "call",
+      status: 422,
+      sql: true,
+      about: "the top run's tree holds max_descendants_per_root runs already",
     },
 
     // ---- the store -----------------------------------------------------------------------------

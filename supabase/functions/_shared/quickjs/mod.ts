@@ -120,8 +120,15 @@ export {
   SNAPSHOT_FORMAT,
   type SnapshotHeader,
   type SnapshotKey,
+  type SnapshotKeys,
   validateHeader,
 } from "./sandbox/snapshot_codec.ts";
+export {
+  ENCRYPTION_KEY_VARIABLE,
+  parseSnapshotKeys,
+  snapshotKeysFromEnv,
+} from "./sandbox/snapshot_keys.ts";
+export { isSealed, type Sealed, sealJournal } from "./engine/journal_seal.ts";
 export { type RunError, SandboxError } from "./sandbox/errors.ts";
 export {
   BUILD_VARIANT,

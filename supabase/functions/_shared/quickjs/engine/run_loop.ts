@@ -8,7 +8,8 @@
  */
 import { type CallOutcome, type HostCall, type Json, TaskVm, type VmState } from "../sandbox/vm.ts";
 import { getBootImage } from "../sandbox/boot_image.ts";
-import { restoreSnapshot, takeSnapshot } from "../sandbox/snapshot.ts";
+import { restoreSnapshot, type SnapshotKey, takeSnapshot } from "../sandbox/snapshot.ts";
+import { snapshotKeysFromEnv } from "../sandbox/snapshot_keys.ts";
 import { type RunError, SandboxError } from "../sandbox/errors.ts";
 import { resolveLimits, type SandboxLimits } from "../sandbox/limits.ts";
 import {
@@ -29,6 +30,8 @@ import {
   type ToolRegistry,
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
+import { SECRET_TEXT, SecretSet } from "./secrets.ts";
+import { sealJournal, unreadableEntry } from "./journal_seal.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
@@ -77,6 +80,12 @@ export interface EngineConfig {
   isolate?: IsolateLife;
   /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
   admission?: MemoryAdmission;
+  /**
+   * Snapshot keys: the first signs and encrypts new snapshots and seals the journal's
+   * payloads, reads use the one a snapshot or entry names (default: QUICKJS_ENCRYPTION_KEY,
+   * snapshot_keys.ts; none: unkeyed and unsealed).
+   */
+  snapshotKeys?: SnapshotKey[];
 }
 
 export type EngineEvent =
@@ -118,9 +127,12 @@ export class Engine {
   readonly onEvent: (event: EngineEvent) => void;
   readonly isolate: IsolateLife;
   readonly admission: MemoryAdmission;
+  readonly snapshotKeys: readonly SnapshotKey[];
 
   constructor(config: EngineConfig) {
-    this.store = config.store;
+    this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
+    // with a key, the journal's payloads are sealed too (journal_seal.ts)
+    this.store = sealJournal(config.store, this.snapshotKeys);
     this.tools = config.tools;
     this.clock = config.clock ?? systemClock;
     this.workerId = config.workerId;
@@ -250,6 +262,8 @@ class Invocation {
   /** Ends the loop's current wait: a call running here settled, or a signal fired. */
   #wake: ((why: "settled" | "budget" | "lost") => void) | undefined;
   #logs: LogLine[] = [];
+  /** The secret values the task has received: redacted from everything stored (secrets.ts). */
+  readonly #secrets = new SecretSet();
   #restored = false;
   #heartbeat: ReturnType<typeof setInterval> | undefined;
   /**
@@ -343,13 +357,17 @@ class Invocation {
           runId: run.id,
           limits: this.#limits,
           now: this.#taskClock,
+          key: this.#engine.snapshotKeys.length ? this.#engine.snapshotKeys : undefined,
         });
         this.#vm = restored.vm;
+        this.#secrets.learn(restored.vm.secretValues());
         parked = restored.header.parkedCalls;
       } catch (e) {
         if (e instanceof SandboxError) return { kind: "failed", error: e.toRunError() };
         throw e;
       }
+      const sealed = this.#sealedJournal();
+      if (sealed) return sealed;
       this.#restored = true;
       this.#engine.onEvent({
         type: "restored",
@@ -361,6 +379,8 @@ class Invocation {
       // the parked calls as the verified header lists them (the restore checked the VM agrees)
       return await this.#resumeParked(parked);
     }
+    const sealed = this.#sealedJournal();
+    if (sealed) return sealed;
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
     const state = this.#vm.start(
@@ -397,6 +417,21 @@ class Invocation {
       state = await this.#deliver(next);
     }
     return state;
+  }
+
+  /** A failure when a journal entry the run needs is sealed with a key this worker lacks. */
+  #sealedJournal(): VmState | undefined {
+    const entry = unreadableEntry(this.#run.calls);
+    if (!entry) return undefined;
+    return {
+      kind: "failed",
+      error: {
+        code: "JOURNAL_UNREADABLE",
+        name: "JournalUnreadable",
+        message: `the journal's ${entry} does not open with this worker's keys ` +
+          "(QUICKJS_ENCRYPTION_KEY): keep an old key in the ring until no run needs it",
+      },
+    };
   }
 
   /** How a call found parked in a restored VM waits, from its journal entry. */
@@ -436,7 +471,10 @@ class Invocation {
       path: call.path,
       args: call.args,
     };
-    const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
+    // its arguments held a secret, and the journal has them redacted: not sent as they are
+    const plan: ToolPlan = JSON.stringify(call.args).includes(SECRET_TEXT)
+      ? { kind: "reject", error: secretCallInterrupted() }
+      : await this.#engine.tools.plan(again, this.#run.allowedTools, now);
     return await this.#start(again, plan, { forceInline: true });
   }
 
@@ -513,6 +551,12 @@ class Invocation {
       plan = { kind: "reject", error };
       call = { ...call, args: [] };
     }
+    // a child's input is stored as its run's input and read back by the child: no secret in it
+    if (plan.kind === "child" && this.#secrets.within(plan.input)) {
+      plan = { kind: "reject", error: secretToChild() };
+    }
+    // arguments that hold a secret are journaled redacted: the call runs now, with the real ones
+    const carriesSecret = plan.kind === "invoke" && this.#secrets.within(call.args);
     switch (plan.kind) {
       case "reject": {
         const record = await this.#record(call, "inline");
@@ -560,7 +604,7 @@ class Invocation {
           key: plan.key,
           value: plan.value,
           secret: plan.secret,
-          args: plan.journalArgs,
+          args: this.#secrets.json(plan.journalArgs),
           logs: this.#logs.splice(0),
         }, now);
         return known({ ok: true, value: done.value }, true, done.secret);
@@ -568,7 +612,7 @@ class Invocation {
       case "invoke": {
         // a call whose journaled args are redacted (a secret write) must run now: later
         // there would be only the redacted args to run it with
-        const defer = !options.forceInline && !plan.journalArgs &&
+        const defer = !options.forceInline && !plan.journalArgs && !carriesSecret &&
           (engine.durableAll || plan.timeoutMs > this.#wallLeftMs());
         const record = await this.#record(
           call,
@@ -615,7 +659,7 @@ class Invocation {
       seq: call.id,
       service: call.service,
       path: call.path,
-      args: journalArgs ?? call.args,
+      args: this.#secrets.json(journalArgs ?? call.args),
       mode,
       wakeAt: wakeAt ?? null,
     }, this.#now);
@@ -751,6 +795,7 @@ class Invocation {
     if (!vm.settle(entry.seq, known.outcome, { secret: known.secret })) {
       this.#system(`call ${entry.seq} settled but the task was not waiting for it`);
     }
+    if (known.secret) this.#secrets.learn(vm.secretValues());
     return vm.run();
   }
 
@@ -781,15 +826,18 @@ class Invocation {
     await this.#store.settleCall(this.#lease, {
       seq,
       ok: outcome.ok,
-      result: outcome.ok ? (secret ? SECRET_MARKER : outcome.value ?? null) : undefined,
-      error: outcome.ok ? undefined : outcome.error as unknown as Json,
+      result: outcome.ok
+        ? (secret ? SECRET_MARKER : this.#secrets.json(outcome.value ?? null))
+        : undefined,
+      error: outcome.ok ? undefined : this.#secrets.json(outcome.error as unknown as Json),
       logs: this.#logs.splice(0),
     }, this.#now);
   }
 
   // ---- park, snapshot, suspend or end -------------------------------------------------------
 
-  async #complete(result: Json): Promise<InvocationResult> {
+  async #complete(value: Json): Promise<InvocationResult> {
+    const result = this.#secrets.json(value);
     const path = unstorablePath(result);
     if (path) {
       return await this.#fail({
@@ -806,7 +854,9 @@ class Invocation {
 
   async #fail(error: RunError): Promise<InvocationResult> {
     this.#collectLogs();
-    const stored = storableError(error);
+    const stored = storableError(
+      this.#secrets.json(error as unknown as Json) as unknown as RunError,
+    );
     await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
     this.#engine.onEvent({ type: "failed", runId: this.#run.id });
     return { ...this.#result("failed"), error: stored };
@@ -817,7 +867,9 @@ class Invocation {
     const error: RunError = {
       code: "VALUE_NOT_STORABLE",
       name: "StoreError",
-      message: storableText(`the database refused a value of this run: ${e.message}`),
+      message: storableText(
+        this.#secrets.text(`the database refused a value of this run: ${e.message}`),
+      ),
     };
     this.#logs = [];
     await this.#store.failRun(this.#lease, error, [], this.#now);
@@ -842,7 +894,10 @@ class Invocation {
         entry.wait = { ...wait, journaled: true };
       }
     }
-    const snapshot = await takeSnapshot(vm, { runId: this.#run.id });
+    const snapshot = await takeSnapshot(vm, {
+      runId: this.#run.id,
+      key: this.#engine.snapshotKeys[0],
+    });
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
     const completions: number[] = [];
@@ -976,7 +1031,8 @@ class Invocation {
     const vm = this.#vm;
     if (!vm || vm.disposed) return;
     for (const entry of vm.takeLogs()) {
-      this.#logs.push({ level: entry.level, message: storableText(entry.message), at: entry.at });
+      const message = storableText(this.#secrets.text(entry.message));
+      this.#logs.push({ level: entry.level, message, at: entry.at });
     }
   }
 
@@ -985,7 +1041,11 @@ class Invocation {
   }
 
   #system(message: string): void {
-    this.#logs.push({ level: "system", message, at: this.#now.getTime() });
+    this.#logs.push({
+      level: "system",
+      message: this.#secrets.text(message),
+      at: this.#now.getTime(),
+    });
   }
 }
 
@@ -997,6 +1057,24 @@ function storableError(error: RunError): RunError {
     message: storableText(error.message),
     ...(error.stack !== undefined ? { stack: storableText(error.stack) } : {}),
     ...(error.cause !== undefined ? { cause: storableError(error.cause) } : {}),
+  };
+}
+
+function secretToChild(): CallError {
+  return {
+    name: "ToolError",
+    code: "SECRET_TO_CHILD",
+    message: "a child run's input may not hold a secret (it is stored as the child's input): " +
+      "pass the kv key and let the child read the secret itself",
+  };
+}
+
+function secretCallInterrupted(): CallError {
+  return {
+    name: "ToolError",
+    code: "SECRET_CALL_INTERRUPTED",
+    message: "the call's arguments held a secret and it was cut off by a suspension: the " +
+      "journal keeps them redacted only, so it is not sent again; make the call again",
   };
 }
 

@@ -455,6 +455,10 @@ ${C_LOOP_GUARDS_SOURCE}
         : '{"state":' + jsonStringify(state) + (state === "failed" ? ',"error":' + jsonStringify(failure) : state === "done" ? ',"result":' + resultJson : "");
       return s + ',"pending":' + jsonStringify(ids) + ',"lastCallId":' + nextId + "}";
     },
+    // the host redacts these from everything it stores (it re-learns them after a restore)
+    secrets() {
+      return jsonStringify(secrets);
+    },
     takeLogs() {
       if (logs.length === 0) return "[]";
       const out = jsonStringify(logs);

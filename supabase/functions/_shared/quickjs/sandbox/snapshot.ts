@@ -29,10 +29,11 @@ import {
   SNAPSHOT_FORMAT,
   type SnapshotHeader,
   type SnapshotKey,
+  type SnapshotKeys,
 } from "./snapshot_codec.ts";
 import { gunzipSync, gzipSync } from "node:zlib";
 
-export type { SnapshotHeader, SnapshotKey } from "./snapshot_codec.ts";
+export type { SnapshotHeader, SnapshotKey, SnapshotKeys } from "./snapshot_codec.ts";
 
 /**
  * zlib level for the body: 6 for the common small body (a few dozen XORed pages, mostly
@@ -51,7 +52,7 @@ export interface Snapshot {
 export interface TakeOptions {
   /** The run the VM belongs to; written into the authenticated header. */
   runId: string;
-  /** Makes the digest an HMAC with this key (its id goes into the header). */
+  /** Makes the digest an HMAC and encrypts the body with this key (its id goes into the header). */
   key?: SnapshotKey;
 }
 
@@ -64,8 +65,11 @@ export interface RestoreOptions {
    * limits and the prelude's limits live inside the saved memory.
    */
   limits: SandboxLimits;
-  /** The key the snapshot was made with; without it, only an unkeyed snapshot verifies. */
-  key?: SnapshotKey;
+  /**
+   * The key the snapshot was made with, or a key ring searched by the header's key id;
+   * without one, only an unkeyed snapshot verifies.
+   */
+  key?: SnapshotKeys;
   /** The task's wall clock (ms since the epoch); the host's by default. */
   now?: () => number;
 }
@@ -130,7 +134,7 @@ export async function takeSnapshot(vm: TaskVm, options: TakeOptions): Promise<Sn
 /** Checks the bytes and parses the header (snapshot_codec.ts). Throws SNAPSHOT_CORRUPT. */
 export function readSnapshot(
   bytes: Uint8Array,
-  options: { key?: SnapshotKey } = {},
+  options: { key?: SnapshotKeys } = {},
 ): Promise<{ header: SnapshotHeader; body: Uint8Array }> {
   return decodeSnapshot(bytes, options);
 }

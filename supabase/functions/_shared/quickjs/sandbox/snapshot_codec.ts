@@ -7,19 +7,25 @@
  * Layout: MAGIC (8: "QJSNAP\0" and the format) | digest (32) | header length (u32 LE) |
  *         header JSON (fields in HEADER order) | body (opaque here: snapshot.ts gzips it).
  * The digest covers everything after it: SHA-256, or HMAC-SHA-256 when the caller gives a
- * key, whose id the header then names. A header that is not exactly HEADER's shape fails
- * with SNAPSHOT_CORRUPT, like a bad magic, a short file or a digest that does not match.
+ * key, whose id the header then names. With a key the body is also encrypted: IV (12) |
+ * AES-256-GCM ciphertext and tag, the header bytes as associated data, so the header stays
+ * readable (diagnose) and authenticated while the heap is not readable without the key. The
+ * HMAC and AES keys are derived from the key's bytes with HKDF-SHA-256; the IV is derived
+ * from the header and body (a synthetic IV: equal bytes give equal snapshots, and a header
+ * always differs in createdAt). A header that is not exactly HEADER's shape fails with
+ * SNAPSHOT_CORRUPT, like a bad magic, a short file, a digest or tag that does not match.
  */
 import { SandboxError } from "./errors.ts";
 import { DEFAULT_LIMITS, type SandboxLimits } from "./limits.ts";
 import type { BuildVariant } from "./wasm.ts";
 
 /**
- * Format 2 added `runId`, `keyId` and `seedWords` to the header, and the keyed digest.
+ * Format 2 added `runId`, `keyId` and `seedWords` to the header, and the keyed digest;
+ * format 3 encrypts the body of a keyed snapshot (and derives its HMAC key with HKDF).
  * Bump it with any change to the layout or the header's fields, and regenerate the golden
  * sample (tests/sandbox/snapshot_golden_test.ts says how).
  */
-export const SNAPSHOT_FORMAT = 2;
+export const SNAPSHOT_FORMAT = 3;
 const MAGIC_PREFIX = [0x51, 0x4a, 0x53, 0x4e, 0x41, 0x50, 0x00]; // "QJSNAP\0"
 const MAGIC = new Uint8Array([...MAGIC_PREFIX, SNAPSHOT_FORMAT]);
 const DIGEST_BYTES = 32;
@@ -60,12 +66,23 @@ export interface SnapshotHeader {
   createdAt: string;
 }
 
-/** A key for the snapshot's digest: HMAC-SHA-256 with `secret`, named in the header by `id`. */
+/**
+ * A snapshot key, named in the header by `id`: the digest is an HMAC and the body is
+ * encrypted with keys derived from `secret`.
+ */
 export interface SnapshotKey {
   id: string;
-  /** Raw key bytes, or a WebCrypto HMAC-SHA-256 key usable to sign and verify. */
+  /** Raw key bytes (32 random bytes), or a WebCrypto HKDF key usable to derive keys. */
   secret: Uint8Array | CryptoKey;
 }
+
+/**
+ * What a decode may verify with: one key, or a key ring (rotation) searched by the keyId the
+ * header names; new snapshots are written with the ring's first key.
+ */
+export type SnapshotKeys = SnapshotKey | readonly SnapshotKey[];
+
+const IV_BYTES = 12;
 
 // ---- the header's shape ------------------------------------------------------------------
 
@@ -193,6 +210,7 @@ export async function encodeSnapshot(
     );
   }
   const headerBytes = new TextEncoder().encode(JSON.stringify(canonical));
+  if (options.key) body = await encrypt(options.key, headerBytes, body);
   const out = new Uint8Array(PREFIX_BYTES + headerBytes.length + body.length);
   out.set(MAGIC, 0);
   new DataView(out.buffer).setUint32(MAGIC.length + DIGEST_BYTES, headerBytes.length, true);
@@ -211,7 +229,7 @@ export async function encodeSnapshot(
  */
 export async function decodeSnapshot(
   bytes: Uint8Array,
-  options: { key?: SnapshotKey } = {},
+  options: { key?: SnapshotKeys } = {},
 ): Promise<{ header: SnapshotHeader; body: Uint8Array }> {
   if (bytes.length < MAGIC.length || !MAGIC_PREFIX.every((b, i) => bytes[i] === b)) {
     throw new SandboxError("SNAPSHOT_CORRUPT", "not a QuickJS VM snapshot (bad magic bytes)");
@@ -238,8 +256,9 @@ export async function decodeSnapshot(
   const signed = bytes.subarray(MAGIC.length + DIGEST_BYTES);
   const digest = bytes.subarray(MAGIC.length, MAGIC.length + DIGEST_BYTES);
   const headerText = bytes.subarray(PREFIX_BYTES, PREFIX_BYTES + headerLength);
-  if (!await verifyDigest(signed, digest, options.key)) {
-    throw new SandboxError("SNAPSHOT_CORRUPT", digestMismatch(headerText, options.key));
+  const key = pickKey(options.key, headerText);
+  if (!await verifyDigest(signed, digest, key)) {
+    throw new SandboxError("SNAPSHOT_CORRUPT", digestMismatch(headerText, key));
   }
   let parsed: unknown;
   try {
@@ -248,14 +267,136 @@ export async function decodeSnapshot(
     throw new SandboxError("SNAPSHOT_CORRUPT", "snapshot header is not JSON", { cause: e });
   }
   const header = validateHeader(parsed);
-  if (header.keyId !== (options.key?.id ?? null)) {
+  if (header.keyId !== (key?.id ?? null)) {
     throw new SandboxError(
       "SNAPSHOT_CORRUPT",
       `snapshot names key ${JSON.stringify(header.keyId)}, expected ` +
-        JSON.stringify(options.key?.id ?? null),
+        JSON.stringify(key?.id ?? null),
     );
   }
-  return { header, body: bytes.subarray(PREFIX_BYTES + headerLength) };
+  const body = bytes.subarray(PREFIX_BYTES + headerLength);
+  return { header, body: key ? await decrypt(key, headerText, body) : body };
+}
+
+/** The key of a ring that the (not yet verified) header names; else the ring's first. */
+function pickKey(keys: SnapshotKeys | undefined, headerText: Uint8Array): SnapshotKey | undefined {
+  if (!keys) return undefined;
+  if (!Array.isArray(keys)) return keys as SnapshotKey;
+  const ring = keys as readonly SnapshotKey[];
+  const named = unverifiedKeyId(headerText);
+  return ring.find((k) => k.id === named) ?? ring[0];
+}
+
+function unverifiedKeyId(headerText: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder().decode(headerText))?.keyId;
+  } catch {
+    return undefined;
+  }
+}
+
+// ---- encryption --------------------------------------------------------------------------
+
+interface DerivedKeys {
+  mac: CryptoKey;
+  aes: CryptoKey;
+}
+
+const derived = new WeakMap<object, Promise<DerivedKeys>>();
+
+/** The HMAC and AES-GCM keys of a snapshot key (HKDF-SHA-256, one `info` each), cached. */
+function keysOf(key: SnapshotKey): Promise<DerivedKeys> {
+  let keys = derived.get(key.secret);
+  if (!keys) {
+    keys = (async () => {
+      const base = key.secret instanceof CryptoKey ? key.secret : await crypto.subtle.importKey(
+        "raw",
+        key.secret as Uint8Array<ArrayBuffer>,
+        "HKDF",
+        false,
+        ["deriveKey"],
+      );
+      const derive = (
+        info: string,
+        algorithm: HmacImportParams | AesKeyGenParams,
+        usage: KeyUsage[],
+      ) =>
+        crypto.subtle.deriveKey(
+          {
+            name: "HKDF",
+            hash: "SHA-256",
+            salt: new Uint8Array(0),
+            info: new TextEncoder().encode(info),
+          },
+          base,
+          algorithm,
+          false,
+          usage,
+        );
+      return {
+        mac: await derive("quickjs snapshot hmac", { name: "HMAC", hash: "SHA-256", length: 256 }, [
+          "sign",
+          "verify",
+        ]),
+        aes: await derive("quickjs snapshot aes-256-gcm", { name: "AES-GCM", length: 256 }, [
+          "encrypt",
+          "decrypt",
+        ]),
+      };
+    })();
+    derived.set(key.secret, keys);
+  }
+  return keys;
+}
+
+async function encrypt(
+  key: SnapshotKey,
+  headerBytes: Uint8Array,
+  body: Uint8Array,
+): Promise<Uint8Array> {
+  const { mac, aes } = await keysOf(key);
+  const seed = new Uint8Array(headerBytes.length + body.length);
+  seed.set(headerBytes, 0);
+  seed.set(body, headerBytes.length);
+  const iv = new Uint8Array(await crypto.subtle.sign("HMAC", mac, seed)).slice(0, IV_BYTES);
+  const sealed = new Uint8Array(
+    await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv, additionalData: headerBytes as Uint8Array<ArrayBuffer> },
+      aes,
+      body as Uint8Array<ArrayBuffer>,
+    ),
+  );
+  const out = new Uint8Array(IV_BYTES + sealed.length);
+  out.set(iv, 0);
+  out.set(sealed, IV_BYTES);
+  return out;
+}
+
+async function decrypt(
+  key: SnapshotKey,
+  headerBytes: Uint8Array,
+  body: Uint8Array,
+): Promise<Uint8Array> {
+  const { aes } = await keysOf(key);
+  try {
+    return new Uint8Array(
+      await crypto.subtle.decrypt(
+        {
+          name: "AES-GCM",
+          iv: body.slice(0, IV_BYTES),
+          additionalData: headerBytes.slice() as Uint8Array<ArrayBuffer>,
+        },
+        aes,
+        body.slice(IV_BYTES),
+      ),
+    );
+  } catch (e) {
+    throw new SandboxError(
+      "SNAPSHOT_CORRUPT",
+      `snapshot body does not decrypt with key ${JSON.stringify(key.id)}`,
+      { cause: e },
+    );
+  }
 }
 
 // ---- digests -----------------------------------------------------------------------------
@@ -263,7 +404,7 @@ export async function decodeSnapshot(
 async function digestOf(bytes: Uint8Array, key: SnapshotKey | undefined): Promise<Uint8Array> {
   const data = bytes as Uint8Array<ArrayBuffer>;
   const out = key
-    ? await crypto.subtle.sign("HMAC", await hmacKey(key), data)
+    ? await crypto.subtle.sign("HMAC", (await keysOf(key)).mac, data)
     : await crypto.subtle.digest("SHA-256", data);
   return new Uint8Array(out);
 }
@@ -276,24 +417,13 @@ async function verifyDigest(
   if (key) {
     return await crypto.subtle.verify(
       "HMAC",
-      await hmacKey(key),
+      (await keysOf(key)).mac,
       digest as Uint8Array<ArrayBuffer>,
       bytes as Uint8Array<ArrayBuffer>,
     );
   }
   const expected = await digestOf(bytes, undefined);
   return expected.every((b, i) => digest[i] === b);
-}
-
-function hmacKey(key: SnapshotKey): Promise<CryptoKey> | CryptoKey {
-  if (key.secret instanceof CryptoKey) return key.secret;
-  return crypto.subtle.importKey(
-    "raw",
-    key.secret as Uint8Array<ArrayBuffer>,
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign", "verify"],
-  );
 }
 
 /** Why the digest failed, as far as the unverified header can tell. */

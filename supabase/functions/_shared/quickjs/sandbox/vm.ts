@@ -326,6 +326,17 @@ export class TaskVm {
     return text ? JSON.parse(text) as LogEntry[] : [];
   }
 
+  /**
+   * The secret values the VM has received (kv secrets, as strings of 4 characters or more,
+   * raw and JSON-escaped): the host replaces them in whatever it stores. They live in the
+   * VM's heap, so a restored VM still knows them.
+   */
+  secretValues(): string[] {
+    if (this.#crashed || this.#disposed) return [];
+    const text = this.#enter(() => this.#call("secrets", []) as string);
+    return text ? JSON.parse(text) as string[] : [];
+  }
+
   /** True when nothing runs in the VM: no job queued and the C stack unwound. */
   isIdle(): boolean {
     return !this.#crashed && !this.runtime.hasPendingJob() &&
