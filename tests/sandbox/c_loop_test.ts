@@ -105,6 +105,23 @@ attackTest(
   T,
 );
 attackTest(
+  "concat of an array-like whose isConcatSpreadable getter changes between reads fails SANDBOX_TIMEOUT within the slice",
+  `let n = 0;
+   [].concat({ length: 2 ** 53 - 1, get [Symbol.isConcatSpreadable]() { return n++ > 0; } })`,
+  T,
+);
+attackTest(
+  "Array.from of an object whose Symbol.iterator getter vanishes on the second read fails SANDBOX_TIMEOUT within the slice",
+  `let n = 0;
+   Array.from({ length: 2 ** 53 - 1, get [Symbol.iterator]() { return n++ ? undefined : function* () {}; } })`,
+  T,
+);
+attackTest(
+  "new Set of the values of a sparse Array of length 2**32-1 fails SANDBOX_TIMEOUT within the slice",
+  `new Set(new Array(2 ** 32 - 1).values())`,
+  T,
+);
+attackTest(
   "join of a sparse Array of length 1e9 fails SANDBOX_TIMEOUT within the slice",
   `new Array(1e9).join()`,
   T,
@@ -211,7 +228,9 @@ Deno.test("guarded built-ins give the same answers on ordinary values", async ()
         JSON.stringify({ a: [1, , 3], b: undefined }), JSON.stringify([1, 2], null, 1),
         "ab".repeat(40000).length, "x".padStart(100000, "ab").slice(0, 3),
         "aaab".indexOf("ab"), ("x".repeat(1e5) + "needle").indexOf("needle"),
-        typeof Proxy.revocable(o, {}).revoke,
+        typeof Proxy.revocable(o, {}).revoke, [...new Set([1, 1, 2])].length,
+        Array.prototype[Symbol.iterator] === Array.prototype.values, [..."ab"].length,
+        Array.from(new Map([[1, 2]])).length,
       ];
     }`,
   );
@@ -237,5 +256,9 @@ Deno.test("guarded built-ins give the same answers on ordinary values", async ()
     2,
     100000,
     "function",
+    2,
+    true,
+    2,
+    1,
   ]);
 });

@@ -38,7 +38,9 @@ Deno.test("a static import of a host module fails the run, not the host", async 
 });
 
 Deno.test("the task cannot forge or settle call ids, nor replace the bridge", async () => {
-  using vm = await newVm();
+  // the walk of everything reachable calls guarded built-ins (c_loop_guards.ts) some 10,000
+  // times, ~1.5 s on a loaded machine: more than the default slice
+  using vm = await newVm({ sliceMs: 10_000 });
   const run = drive(vm, fixture("forge_bridge.js"));
   const result = resultOf(run) as {
     assignments: Record<string, string>;

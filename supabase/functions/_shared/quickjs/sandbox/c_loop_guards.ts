@@ -5,7 +5,7 @@
  * with a RangeError whose code is SANDBOX_TIMEOUT, or does the work in steps that return
  * to bytecode, where the deadline can stop it.
  *
- * Measured on this build (tests/sandbox/c_loop_test.ts, 200 ms slice, before the guards):
+ * Measured on this build (tests/sandbox/c_loop_measure.ts, 200 ms slice, before the guards):
  * a generic array method walks a hole of an array-like at ~10,000 indices per ms
  * (`Array.prototype.indexOf.call({ length: 3e7 }, 1)` ran 2.7 s), and a naive string
  * search compares ~125,000 characters per ms (`"a".repeat(1e5).indexOf("a".repeat(5e4) +
@@ -14,6 +14,20 @@
  *
  * The source is spliced into the prelude's closure: it uses the prelude's captured
  * built-ins and its `limits` (sliceMs and memoryBytes arrive with `configure`).
+ *
+ * What the guards do not stop (measure with tests/sandbox/c_loop_measure.ts):
+ * - One costly instruction per back-jump. QuickJS polls its interrupt handler every 10,000
+ *   back-jumps and calls (a compile-time constant of the wasm build), so a loop whose body
+ *   is one multi-megabyte string comparison or concatenation runs 10,000 of them between
+ *   polls (`s === t` on 4e6-character strings in a loop ran past 12 s). Only preemption
+ *   from outside (a Worker the host terminates) bounds that.
+ * - A dense Array in dictionary mode (filled out of order) passes the density probes and
+ *   is walked by lookup; memory bounds it (1e6 elements: ~20 ms past a 200 ms slice), and
+ *   the probes are random, so a sparse Array passes them only with density**24.
+ * - JSON.stringify with an array replacer is not stepped; a typed array's default sort
+ *   is a C sort of at most memoryBytes elements.
+ * - On an array-like whose length is an accessor (or a proxy), the built-in runs on a
+ *   pinned view: a callback's third argument is that view, not the object.
  */
 export const C_LOOP_GUARDS_SOURCE = String.raw`
   // ---- guards against C loops (c_loop_guards.ts) -------------------------------------
@@ -103,20 +117,26 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
 
   // may o's length read differently next time? (a proxy, or a length accessor anywhere on
   // its prototype chain; a real Array's length is a data property that cannot be redefined)
-  const lengthMayChange = (o) => {
+  // The same question for any key the guard reads before the built-in does (length,
+  // Symbol.iterator, Symbol.isConcatSpreadable).
+  const mayChange = (o, key) => {
     if (typeof o !== "object" && typeof o !== "function") return false;
     for (let p = o, depth = 0; p !== null; p = getPrototypeOf(p), depth++) {
       if (isProxy(p) || depth > 64) return true;
-      if (depth === 0 && isArray(p)) return false;
-      const d = getOwnPropertyDescriptor(p, "length");
+      if (depth === 0 && key === "length" && isArray(p)) return false;
+      const d = getOwnPropertyDescriptor(p, key);
       if (d !== undefined) return !("value" in d);
     }
     return false;
   };
+  const lengthMayChange = (o) => mayChange(o, "length");
   // a view of o whose length is fixed at what the guard read: every other property, and
   // every write, goes to o itself
-  const pinned = (o, len) =>
-    new ProxyCtor(o, { get: (t, k, r) => (k === "length" ? len : reflectGet(t, k, r)) });
+  // (arrayLike: read as an array-like, so Symbol.iterator reads as undefined too)
+  const pinned = (o, len, arrayLike) =>
+    new ProxyCtor(o, {
+      get: (t, k, r) => (k === "length" ? len : arrayLike && k === Symbol.iterator ? undefined : reflectGet(t, k, r)),
+    });
 
   // a small PRNG for the density probes: the task cannot predict which indices are probed
   let seed = 0x2545f491;
@@ -143,10 +163,12 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
   // work is bounded by memory, holes or not: new Array(n).fill(x) stays cheap.
   // Returns the object the built-in should run on: o, or a pinned view of it when its
   // length could read differently the second time.
-  const checkedThis = (o, what) => {
+  const checkedThis = (o, what, arrayLike) => {
+    // the common case first, in as few calls as possible: a real Array under the bound
+    if (isArray(o) && o.length <= limits.sliceMs * INDICES_PER_MS && !apply(weakSetHas, proxies, [o])) return o;
     if (o === null || o === undefined) return o; // the built-in throws its own TypeError
     const len = toLength(o.length);
-    const view = lengthMayChange(o) ? pinned(o, len) : o;
+    const view = lengthMayChange(o) || (arrayLike && mayChange(o, Symbol.iterator)) ? pinned(o, len, arrayLike) : o;
     if (len > 4096) sliceCheck();
     if (len <= loopBound()) return view;
     if (view === o && isArray(o) && len <= limits.memoryBytes / VALUE_BYTES && looksDense(o, len)) return o;
@@ -185,18 +207,54 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
     "findLast", "findLastIndex", "splice", "slice", "shift", "unshift", "flat", "flatMap",
     "toReversed", "toSpliced", "toSorted", "with",
   ]) {
-    if (typeof ArrayProto[name] !== "function" || name === "fill") continue;
+    const original = ArrayProto[name];
+    if (typeof original !== "function" || name === "fill") continue;
     const searches = name === "indexOf" || name === "lastIndexOf" || name === "includes";
-    guard(ArrayProto, name, (self, original, args) => {
-      const view = checkedThis(self, "Array.prototype." + name);
+    const what = "Array.prototype." + name;
+    const slow = (self, args) => {
+      const view = checkedThis(self, what);
       if (searches && typeof args[0] === "string" && args[0].length > LONG_NEEDLE) {
         const work = toLength(view.length) * args[0].length;
-        if (work > searchBound()) throw refuse("Array.prototype." + name + " of a " + args[0].length + "-character string", work);
+        if (work > searchBound()) throw refuse(what + " of a " + args[0].length + "-character string", work);
       }
-      if (name === "toSorted" && args.length === 0) return apply(original, view, [defaultCompare]);
+      if (name === "toSorted" && args.length === 0 && toLength(view.length) > loopBound()) {
+        return apply(original, view, [defaultCompare]);
+      }
       return unpin(apply(original, view, args), view, self);
-    });
+    };
+    const wrapped = {
+      [name](...args) {
+        // inline, the common case: a real Array under the bound (a guarded call costs one
+        // bytecode call more than the built-in, ~3 us on this build)
+        if (
+          isArray(this) && this.length <= limits.sliceMs * INDICES_PER_MS && !apply(weakSetHas, proxies, [this]) &&
+          !(searches && typeof args[0] === "string" && args[0].length > LONG_NEEDLE)
+        ) return apply(original, this, args);
+        return slow(this, args);
+      },
+    }[name];
+    defineProperty(ArrayProto, name, { value: freeze(wrapped), writable: true, enumerable: false, configurable: true });
   }
+  // An Array iterator's next() is native, and what consumes an iterator natively (new Set,
+  // Array.from, spread) calls it in a C loop: new Set(new Array(2 ** 32 - 1).values())
+  // walks 4e9 holes storing nothing. The iterator is refused where the Array methods are.
+  {
+    const original = ArrayProto.values;
+    const values = freeze({
+      values() {
+        if (isArray(this) && this.length <= limits.sliceMs * INDICES_PER_MS && !apply(weakSetHas, proxies, [this])) {
+          return apply(original, this, []);
+        }
+        return apply(original, checkedThis(this, "Array.prototype.values"), []);
+      },
+    }.values);
+    defineProperty(ArrayProto, "values", { value: values, writable: true, enumerable: false, configurable: true });
+    defineProperty(ArrayProto, Symbol.iterator, { value: values, writable: true, enumerable: false, configurable: true });
+    for (const name of ["keys", "entries"]) {
+      guard(ArrayProto, name, (self, original, args) => apply(original, checkedThis(self, "Array.prototype." + name), args));
+    }
+  }
+
   // fill writes every index, allocating as it goes (new Array(12e6).fill(0) ran 3.5 s in C
   // before memory ran out): over the bound it fills in chunks, reading the clock between
   const arrayFill = ArrayProto.fill;
@@ -223,9 +281,13 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
     if (args[0] === undefined && toLength(view.length) > loopBound()) return unpin(apply(original, view, [defaultCompare]), view, self);
     return unpin(apply(original, view, args), view, self);
   });
+  // might concat spread a? (a flag behind a getter or a proxy may answer differently to the
+  // built-in, so such an object counts as spread and its length is bounded)
+  const spreadSymbol = Symbol.isConcatSpreadable;
   const spreadable = (a) => {
     if (typeof a !== "object" || a === null) return false;
-    const flag = a[Symbol.isConcatSpreadable];
+    if (mayChange(a, spreadSymbol)) return true;
+    const flag = a[spreadSymbol];
     return flag === undefined ? isArray(a) : !!flag;
   };
   guard(ArrayProto, "concat", (self, original, args) => {
@@ -238,7 +300,7 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
         writable: true, enumerable: true, configurable: true,
       });
     }
-    return apply(original, checkedThis(self, "Array.prototype.concat"), list);
+    return apply(original, spreadable(self) ? checkedThis(self, "Array.prototype.concat") : self, list);
   });
 
   const ArrayCtor = Array;
@@ -249,13 +311,14 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
   defineProperty(ArrayCtor, "from", {
     value: freeze({
       from(items, mapFn, thisArg) {
-        if (typeof items === "object" && items !== null && items[iteratorSymbol] == null) {
+        if (typeof items === "object" && items !== null && (items[iteratorSymbol] == null || mayChange(items, iteratorSymbol))) {
           // index by index in C (Array.from({ length: 12e6 }) ran past 12 s), with or without
           // a map function: allowed up to the bound, on a pinned view
           const len = toLength(items.length);
           if (len > 4096) sliceCheck();
           if (len > loopBound()) throw refuse("Array.from", len);
-          return apply(arrayFrom, this, [lengthMayChange(items) ? pinned(items, len) : items, mapFn, thisArg]);
+          const view = lengthMayChange(items) || mayChange(items, iteratorSymbol) ? pinned(items, len, true) : items;
+          return apply(arrayFrom, this, [view, mapFn, thisArg]);
         }
         return apply(arrayFrom, this, arguments);
       },
@@ -282,8 +345,8 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
   const checkedSource = (src, what) => {
     if (typeof src !== "object" || src === null) return src;
     if (!isProxy(src) && (isKind(typedLength, src) || isKind(bufferLength, src))) return src;
-    if (src[iteratorSymbol] != null && !(isArray(src) || isProxy(src))) return src;
-    return checkedThis(src, what);
+    if (src[iteratorSymbol] != null && !isArray(src) && !mayChange(src, iteratorSymbol)) return src;
+    return checkedThis(src, what, !isArray(src));
   };
   for (const name of getOwnPropertyNames(G)) {
     const C = G[name];
