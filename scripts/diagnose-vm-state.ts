@@ -154,7 +154,8 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
     ...fields([
       ["task", `${run.task} v${run.taskVersion}`],
       ["status", run.status],
-      ["attempts", String(run.attempts)],
+      ["attempt", String(run.attempts)],
+      ["invocations", String(run.invocations ?? 0)],
       ["suspensions", String(run.suspensions)],
       ["wake at", when(run.wakeAt, now)],
       ["waiting on", waiting],

@@ -101,6 +101,7 @@ export async function inspectRun(
     logs: logs.slice(logs.length - keep).map((l) => ({
       at: String(l.at),
       ...(l.attempt !== undefined ? { attempt: l.attempt } : {}),
+      ...(typeof l.invocation === "number" ? { invocation: l.invocation } : {}),
       level: l.level,
       message: l.message,
     })),

@@ -46,6 +46,9 @@ create table quickjs.task_versions (
   code_sha256 text not null,
   limits jsonb not null default '{}' check (jsonb_typeof(limits) = 'object'),
   allowed_tools text[],
+  retry jsonb check (retry is null or (jsonb_typeof(retry) = 'object'
+    and (retry ->> 'attempts')::int between 1 and 25
+    and coalesce((retry ->> 'backoffMs')::bigint, 0) between 0 and 86400000)),
   created_at timestamptz not null default now(),
   primary key (task_id, version)
 );
@@ -53,6 +56,9 @@ comment on table quickjs.task_versions is
   'Immutable code of each task version. A run pins the version it was created with.';
 comment on column quickjs.task_versions.allowed_tools is
   'Services the task may call (null: all); names like kv, http, tasks, or a registered service.';
+comment on column quickjs.task_versions.retry is
+  'The task''s @retry: {attempts, backoffMs, multiplier}; a run that fails is started again from '
+  'its input, as a new attempt, until attempts are spent (null: one attempt).';
 
 create table quickjs.runs (
   id uuid primary key default gen_random_uuid(),
@@ -63,7 +69,8 @@ create table quickjs.runs (
   input jsonb not null default 'null',
   result jsonb,
   error jsonb,
-  attempts int not null default 0,
+  attempts int not null default 1,
+  invocations int not null default 0,
   lease_owner text,
   lease_expires_at timestamptz,
   fencing_token bigint,
@@ -91,7 +98,10 @@ create table quickjs.runs (
 );
 comment on table quickjs.runs is
   'One execution of a task. A suspended run always has a way to wake: wake_at or a child run.';
-comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
+comment on column quickjs.runs.attempts is
+  'The run''s attempt: 1, plus one for each restart from its input by the task''s @retry.';
+comment on column quickjs.runs.invocations is
+  'Claims so far: how many invocations (of any attempt) have worked on the run.';
 comment on column quickjs.runs.lease_expirations is
   'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
 comment on column quickjs.runs.waiting_on is 'What a suspended run waits for: {calls, children, wakeAt}.';
@@ -159,6 +169,7 @@ create table quickjs.run_logs (
   id bigint generated always as identity primary key,
   run_id uuid not null references quickjs.runs (id) on delete cascade,
   attempt int not null,
+  invocation int,
   level text not null check (level in ('log', 'info', 'warn', 'error', 'debug', 'system')),
   message text not null,
   logged_at timestamptz not null
@@ -166,6 +177,22 @@ create table quickjs.run_logs (
 create index run_logs_run on quickjs.run_logs (run_id, id);
 comment on index quickjs.run_logs_run is 'A run''s log lines in order (get_run reads the last ones).';
 comment on table quickjs.run_logs is 'console output of runs (level system: the executor''s own notes).';
+comment on column quickjs.run_logs.attempt is 'The run''s attempt the line belongs to (runs.attempts).';
+comment on column quickjs.run_logs.invocation is 'The invocation that wrote the line (runs.invocations).';
+
+create table quickjs.run_attempts (
+  run_id uuid not null references quickjs.runs (id) on delete cascade,
+  attempt int not null,
+  error jsonb not null,
+  calls jsonb not null default '[]',
+  invocations int not null,
+  started_at timestamptz,
+  ended_at timestamptz not null,
+  primary key (run_id, attempt)
+);
+comment on table quickjs.run_attempts is
+  'Earlier attempts of runs restarted by their task''s @retry: the error each ended with and its '
+  'journal (kept, never replayed: the next attempt starts a fresh journal).';
 
 create table quickjs.kv (
   key text primary key check (length(key) between 1 and 512),
@@ -181,12 +208,16 @@ create table quickjs.services (
   url text not null check (url ~ '^https?://'),
   headers jsonb not null default '{}' check (jsonb_typeof(headers) = 'object'),
   timeout_ms int not null default 30000 check (timeout_ms between 100 and 900000),
+  retry jsonb check (retry is null or jsonb_typeof(retry) = 'object'),
   description text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
 comment on table quickjs.services is
   'External services tasks call as tools.<name>.<method>(args): a POST of {method, args} to url.';
+comment on column quickjs.services.retry is
+  'Retry policy of the service''s calls (null: one attempt): {attempts, initialDelayMs, '
+  'maxDelayMs, multiplier, jitter, codes}; see README "Retries".';
 
 create table quickjs.settings (
   key text primary key,
@@ -207,6 +238,7 @@ alter table quickjs.runs enable row level security;
 alter table quickjs.calls enable row level security;
 alter table quickjs.snapshots enable row level security;
 alter table quickjs.run_logs enable row level security;
+alter table quickjs.run_attempts enable row level security;
 alter table quickjs.kv enable row level security;
 alter table quickjs.services enable row level security;
 alter table quickjs.settings enable row level security;

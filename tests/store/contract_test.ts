@@ -187,6 +187,14 @@ function contractSuite(
       wakeAt: at(10),
     }, T0);
     await s.settleCall(leaseOf(run), { seq: 1, ok: true, result: null }, T0);
+    await s.recordCall(leaseOf(run), {
+      seq: 4,
+      service: "svc",
+      path: ["m"],
+      args: [],
+      mode: "inline",
+    }, T0);
+    await s.retryCall(leaseOf(run), { seq: 4, error: { code: "E" }, wakeAt: at(5) }, T0);
     await s.kvCall(leaseOf(run), {
       seq: 2,
       op: "set",
@@ -352,7 +360,8 @@ function contractSuite(
       assert.equal(byName.taskVersion, 2);
       assert.deepEqual(byName.input, input);
       assert.equal(byName.created, true);
-      assert.equal(byName.attempts, 0);
+      assert.equal(byName.attempts, 1, "the first attempt");
+      assert.equal(byName.invocations, 0, "not yet claimed");
       assert.equal(ms(byName.createdAt), T0.getTime());
 
       const byId = await store.enqueueRun({ taskId, input: "just a string", now: T0 });
@@ -519,6 +528,7 @@ function contractSuite(
         assert.equal(ms(run.leaseExpiresAt), at(35).getTime());
         assert.equal(ms(run.startedAt), at(5).getTime());
         assert.equal(run.attempts, 1);
+        assert.equal(run.invocations, 1);
         assert.equal(typeof run.fencingToken, "number");
         assert.equal(run.code, TASK_CODE);
         assert.deepEqual(run.limits, { sliceMs: 250 });
@@ -906,7 +916,8 @@ function contractSuite(
       );
       const resumed = await claimOne(store, run.id, at(3602), { worker: "w-2" });
       assert.deepEqual(resumed.snapshot, bytes);
-      assert.equal(resumed.attempts, 2);
+      assert.equal(resumed.invocations, 2, "each claim is an invocation");
+      assert.equal(resumed.attempts, 1, "a resume is not a new attempt");
       assert.ok(resumed.fencingToken > run.fencingToken);
       assert.deepEqual(
         resumed.calls.map((c) => [c.seq, c.status]),

@@ -149,6 +149,11 @@ export const ERROR_CODES = Object.freeze(
       status: 504,
       about: "a registered service did not answer (or finish its body) in time",
     },
+    BAD_RETRY_POLICY: {
+      where: "call",
+      status: 500,
+      about: "a service's retry policy (quickjs.services.retry) is out of range",
+    },
     CHILD_FAILED: {
       where: "call",
       status: 422,

@@ -68,6 +68,7 @@ export {
   Store,
   StoreError,
   type StuckRun,
+  type TaskRetry,
   type WaitingOn,
 } from "./store/store.ts";
 export {

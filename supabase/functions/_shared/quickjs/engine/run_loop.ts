@@ -29,6 +29,7 @@ import {
   type ToolRegistry,
 } from "./tools.ts";
 import { type CallError, toCallError } from "./tool_errors.ts";
+import { isRetryable, retryDelayMs } from "./retry.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
@@ -80,7 +81,14 @@ export interface EngineConfig {
 }
 
 export type EngineEvent =
-  | { type: "started" | "restored"; runId: string; attempt: number; ms: number }
+  | {
+    type: "started" | "restored";
+    runId: string;
+    /** The run's attempt (a task-level @retry restarts it); `invocation`: the claim's count. */
+    attempt: number;
+    invocation: number;
+    ms: number;
+  }
   | { type: "call"; runId: string; seq: number; service: string; path: string[]; plan: string }
   | { type: "suspended"; runId: string; bytes: number; wakeAt: string | null; ms: number }
   | { type: "completed" | "failed"; runId: string }
@@ -215,6 +223,11 @@ type Wait =
   /** Continues in the next invocation: a checkpoint, a call deferred past the budget. */
   | { kind: "next" }
   /**
+   * A failed attempt whose retry is due at `wakeAt` (journaled by quickjs.retry_call); then
+   * `call` is sent again. `hold`: this invocation waits for it (a short backoff).
+   */
+  | { kind: "retry"; wakeAt: number; hold: boolean; call: HostCall }
+  /**
    * Known and waiting to be delivered; `at` (ms) orders deliveries as timers and calls
    * settle; `journaled`: the journal has it already. `secret`: the task may use it, logs
    * must not show it.
@@ -228,7 +241,7 @@ interface CallEntry {
   fresh: boolean;
 }
 
-type Known = { outcome: CallOutcome; secret: boolean };
+type Known = { outcome: CallOutcome; secret: boolean; retryAt?: number };
 
 const LOG_FLUSH_LINES = 200;
 
@@ -353,23 +366,29 @@ class Invocation {
         type: "restored",
         runId: run.id,
         attempt: run.attempts,
+        invocation: run.invocations,
         ms: performance.now() - t0,
       });
-      this.#system(`restored the VM (attempt ${run.attempts})`);
+      // ctx.invocation is the one field of the task's ctx that changes
+      this.#vm.setInvocation(run.invocations);
+      this.#system(`restored the VM (invocation ${run.invocations})`);
       // the parked calls as the verified header lists them (the restore checked the VM agrees)
       return await this.#resumeParked(parked);
     }
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
-    if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
+    if (run.invocations > 1) {
+      this.#system(`started from the top (attempt ${run.attempts}, invocation ${run.invocations})`);
+    }
     const state = this.#vm.start(
       { code: run.code, filename: `${run.task}.js` },
       run.input,
-      { runId: run.id, task: run.task, attempt: run.attempts },
+      { runId: run.id, task: run.task, attempt: run.attempts, invocation: run.invocations },
     );
     this.#engine.onEvent({
       type: "started",
       runId: run.id,
       attempt: run.attempts,
+      invocation: run.invocations,
       ms: performance.now() - t0,
     });
     return state;
@@ -432,6 +451,8 @@ class Invocation {
       path: call.path,
       args: call.args,
     };
+    const retry = this.#retryWaitOf(call, again, now);
+    if (retry) return retry;
     const plan = await this.#engine.tools.plan(again, this.#run.allowedTools, now);
     return await this.#start(again, plan, { forceInline: true });
   }
@@ -577,6 +598,8 @@ class Invocation {
           return known(outcomeOf(record), true);
         }
         if (defer) return { kind: "next" };
+        const backoff = this.#retryWaitOf(record, call, now);
+        if (backoff) return backoff;
         const context: ToolCallContext = {
           runId: this.#run.id,
           seq,
@@ -593,8 +616,8 @@ class Invocation {
         })().catch((e): Known => ({
           outcome: { ok: false, error: toCallError(e) },
           secret: false,
-        }));
-        this.#launch(seq, work);
+        })).then((known) => this.#afterAttempt(seq, plan, context.attempt, known));
+        this.#launch(seq, work, call);
         return { kind: "running" };
       }
     }
@@ -616,14 +639,90 @@ class Invocation {
     }, this.#now);
   }
 
-  /** Runs a call in this process; when it settles it becomes ready, stamped with the time. */
-  #launch(seq: number, work: Promise<Known>): void {
-    work.then(({ outcome, secret }) => {
+  /**
+   * Runs a call in this process; when it settles it becomes ready, stamped with the time, or
+   * (a failed attempt to retry, already journaled) waits for its retry.
+   */
+  #launch(seq: number, work: Promise<Known>, call?: HostCall): void {
+    work.then(({ outcome, secret, retryAt }) => {
       const entry = this.#calls.get(seq);
       if (entry?.wait.kind !== "running") return; // the invocation ended meanwhile
-      entry.wait = { kind: "ready", outcome, secret, at: this.#now.getTime(), journaled: false };
+      entry.wait = retryAt !== undefined && call
+        ? { kind: "retry", wakeAt: retryAt, hold: this.#holdsRetry(retryAt), call }
+        : { kind: "ready", outcome, secret, at: this.#now.getTime(), journaled: false };
       this.#wake?.("settled");
     });
+  }
+
+  // ---- retries of a service's calls (engine/retry.ts) ----------------------------------------
+
+  /**
+   * After an attempt of an invoked call: a failure its policy retries, with attempts left, is
+   * journaled as pending until the next attempt's due time (quickjs.retry_call) before the
+   * invocation learns of it, so a crash during the backoff neither repeats nor forgets it.
+   */
+  async #afterAttempt(
+    seq: number,
+    plan: ToolPlan & { kind: "invoke" },
+    attempt: number,
+    known: Known,
+  ): Promise<Known> {
+    const policy = plan.retry;
+    if (known.outcome.ok || !policy || !isRetryable(policy, known.outcome.error)) return known;
+    const error = known.outcome.error;
+    if (attempt >= policy.attempts) {
+      if (policy.attempts > 1) this.#system(`call ${seq} failed after ${attempt} attempts`);
+      return known;
+    }
+    const delayMs = retryDelayMs(policy, attempt);
+    const retryAt = this.#now.getTime() + delayMs;
+    this.#system(
+      `call ${seq} attempt ${attempt} of ${policy.attempts} failed (${error.code}); ` +
+        `attempt ${attempt + 1} in ${delayMs} ms`,
+    );
+    this.#collectLogs();
+    try {
+      await this.#store.retryCall(this.#lease, {
+        seq,
+        error: error as unknown as Json,
+        wakeAt: new Date(retryAt),
+        logs: this.#logs.splice(0),
+      }, this.#now);
+    } catch (e) {
+      // the retry could not be journaled: this invocation cannot go on (another continues
+      // from the last snapshot, and the journal counts the attempt that was made)
+      this.#abort.abort(
+        new LeaseLost(`retry of call ${seq} not journaled: ${(e as Error).message}`),
+      );
+      return known;
+    }
+    return { ...known, retryAt };
+  }
+
+  /** A short backoff waits in this process, like a short sleep; a long one suspends the run. */
+  #holdsRetry(retryAt: number): boolean {
+    const ms = retryAt - this.#now.getTime();
+    return !this.#engine.durableAll && ms <= this.#engine.inlineSleepMaxMs &&
+      ms < this.#wallLeftMs();
+  }
+
+  /** A journaled call waiting for its next attempt (pending, its last error, a due time). */
+  #retryWaitOf(record: CallRecord, call: HostCall, now: Date): Wait | undefined {
+    if (record.status !== "pending" || !record.error || !record.wakeAt) return undefined;
+    const wakeAt = Date.parse(record.wakeAt);
+    if (wakeAt <= now.getTime()) return undefined;
+    return { kind: "retry", wakeAt, hold: this.#holdsRetry(wakeAt), call };
+  }
+
+  /** Sends the retries this invocation holds whose time has come: their next attempt. */
+  async #startDueRetries(now: number): Promise<void> {
+    for (const entry of this.#calls.values()) {
+      const wait = entry.wait;
+      if (wait.kind !== "retry" || !wait.hold || wait.wakeAt > now) continue;
+      if (entry.fresh && this.#engine.durableAll) continue;
+      const plan = await this.#engine.tools.plan(wait.call, this.#run.allowedTools, this.#now);
+      entry.wait = await this.#start(wait.call, plan, { forceInline: true });
+    }
   }
 
   /**
@@ -656,6 +755,7 @@ class Invocation {
     for (const { wait, fresh } of this.#calls.values()) {
       if (fresh && this.#engine.durableAll) continue;
       if (wait.kind === "running" || (wait.kind === "timer" && wait.hold)) return true;
+      if (wait.kind === "retry" && wait.hold) return true;
     }
     return false;
   }
@@ -667,13 +767,16 @@ class Invocation {
    */
   async #waitForNext(): Promise<CallEntry | "parked" | "budget"> {
     for (;;) {
+      await this.#startDueRetries(this.#now.getTime());
       const now = this.#now.getTime();
       const next = this.#nextReady(now);
       if (next) return next;
       if (!this.#worthWaiting()) return "parked";
       let nextTimer = Infinity;
       for (const { wait } of this.#calls.values()) {
-        if (wait.kind === "timer" && wait.wakeAt < nextTimer) nextTimer = wait.wakeAt;
+        if ((wait.kind === "timer" || wait.kind === "retry") && wait.wakeAt < nextTimer) {
+          nextTimer = wait.wakeAt;
+        }
       }
       // the signals' listeners belong to the invocation (added once, removed at its end);
       // a wait only adds a timer and a sleep, both gone when it ends
@@ -766,9 +869,10 @@ class Invocation {
   async #fail(error: RunError): Promise<InvocationResult> {
     this.#collectLogs();
     const stored = storableError(error);
-    await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
-    this.#engine.onEvent({ type: "failed", runId: this.#run.id });
-    return { ...this.#result("failed"), error: stored };
+    const view = await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
+    // a task-level @retry may have queued the run again for its next attempt (restart_run)
+    if (view.status === "failed") this.#engine.onEvent({ type: "failed", runId: this.#run.id });
+    return { ...this.#result(view.status), error: stored };
   }
 
   /** The last resort when the database refused a write: fail the run, without the logs. */
@@ -808,7 +912,7 @@ class Invocation {
     let now = reason === "budget";
     for (const seq of parked) {
       const wait = this.#calls.get(seq)?.wait;
-      if (wait?.kind === "timer") {
+      if (wait?.kind === "timer" || wait?.kind === "retry") {
         if (wakeAt === null || wait.wakeAt < wakeAt) wakeAt = wait.wakeAt;
       } else if (wait?.kind === "child") children.push(wait.childRunId);
       // running here (it runs again), ready (delivered from the journal), next: at once

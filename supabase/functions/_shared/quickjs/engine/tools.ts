@@ -8,6 +8,7 @@ import type { Store } from "../store/store.ts";
 import { MAX_SLEEP_MS, parseDuration } from "./durations.ts";
 import { httpFetch, type HttpToolOptions } from "./http_tool.ts";
 import { type CallError, ServiceError, toCallError, ToolError } from "./tool_errors.ts";
+import { parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 
 /** What an invoked tool learns about the call. */
 export interface ToolCallContext {
@@ -39,6 +40,8 @@ export type ToolPlan =
     /** What the journal stores instead of the arguments (a secret being written). */
     journalArgs?: Json[];
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
+    /** A registered service's retry policy: failed attempts retry durably (run_loop.ts). */
+    retry?: RetryPolicy;
   }
   /**
    * tools.kv: carried out by the store in one transaction with its journal entry and the
@@ -147,10 +150,20 @@ export class ToolRegistry {
           "register external services in quickjs.services",
       );
     }
+    let retry: RetryPolicy | null;
+    try {
+      retry = parseRetryPolicy(service.retry);
+    } catch (e) {
+      throw new ToolError(
+        "BAD_RETRY_POLICY",
+        `service ${service.name}: ${(e as Error).message} (quickjs.services.retry)`,
+      );
+    }
     return {
       kind: "invoke",
       timeoutMs: service.timeoutMs,
       invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
+      ...(retry && retry.attempts > 1 ? { retry } : {}),
     };
   }
 
@@ -199,6 +212,7 @@ interface ServiceInfo {
   url: string;
   headers: Record<string, string>;
   timeoutMs: number;
+  retry?: Record<string, Json>;
 }
 
 function sleepTarget(call: HostCall, now: Date): Date {

@@ -43,7 +43,14 @@ export type HostFunction = (
 /** HostRefMap hands out ids from INT32_MIN; the bridge is the only host function. */
 const BRIDGE_HOST_REF = -2147483648;
 
-export const INTERNAL_METHODS = ["configure", "start", "settle", "status", "takeLogs"] as const;
+export const INTERNAL_METHODS = [
+  "configure",
+  "start",
+  "settle",
+  "status",
+  "takeLogs",
+  "setInvocation",
+] as const;
 export type InternalMethod = typeof INTERNAL_METHODS[number];
 
 /** A set-up VM: the QuickJS objects and the handles the host keeps. TaskVm owns one. */

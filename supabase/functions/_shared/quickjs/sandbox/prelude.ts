@@ -54,6 +54,9 @@ export const PRELUDE_SOURCE = String.raw`
   let fatal;
   let nextId = 0;
   let pendingCount = 0;
+  // ctx.invocation: the one field of the frozen ctx that changes, set by the host after a
+  // restore (setInvocation) and read through a getter
+  let invocation = 1;
   const pending = new MapCtor();
   const rejected = new MapCtor();
   let logs = [];
@@ -330,7 +333,14 @@ export const PRELUDE_SOURCE = String.raw`
       if (state !== "idle") throw new ErrorCtor("the task was started already");
       state = "running";
       const input = jsonParse(inputJson);
-      const context = deepFreeze(jsonParse(contextJson));
+      const fields = jsonParse(contextJson);
+      if (typeof fields.invocation === "number") invocation = fields.invocation;
+      defineProperty(fields, "invocation", {
+        get: freeze(function invocationOfRun() { return invocation; }),
+        enumerable: true,
+        configurable: false,
+      });
+      const context = deepFreeze(fields);
       const run = (loaded) => {
         let entry;
         if (kind === "module") {
@@ -362,6 +372,9 @@ export const PRELUDE_SOURCE = String.raw`
           fail(e);
         }
       }, fail]);
+    },
+    setInvocation(n) {
+      invocation = n;
     },
     settle(id, ok, payloadJson, secret) {
       const entry = apply(mapGet, pending, [id]);

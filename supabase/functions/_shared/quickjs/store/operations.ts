@@ -22,6 +22,7 @@ import type {
   SnapshotInfo,
   SnapshotList,
   StuckRun,
+  TaskRetry,
   WaitingOn,
 } from "./rows.ts";
 
@@ -117,6 +118,7 @@ export const OPERATIONS = {
       p_description: d("text"),
       p_limits: d(jsonb<Record<string, number>>()),
       p_allowed_tools: d("text[]"),
+      p_retry: d(jsonb<TaskRetry | null>()),
     },
     returns: returnsJsonb<PublishedTask>(),
   },
@@ -188,6 +190,18 @@ export const OPERATIONS = {
       p_ok: "boolean",
       p_result: d("jsonb"),
       p_error: d("jsonb"),
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallRecord>(),
+  },
+  retry_call: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_error: "jsonb",
+      p_wake_at: "timestamptz",
       p_logs: d(jsonb<LogLine[]>()),
       p_now: d("timestamptz"),
     },

@@ -11,7 +11,20 @@ export interface LogLine {
   message: string;
   /** ms since the epoch (writes) or an ISO timestamp (reads). */
   at: number | string;
+  /** The run's attempt (reads). */
   attempt?: number;
+  /** The invocation that wrote it (reads). */
+  invocation?: number;
+}
+
+/** A task's @retry (quickjs.task_versions.retry): restarts of a failed run from its input. */
+export interface TaskRetry {
+  /** Attempts in all, the first included (1..25). */
+  attempts: number;
+  /** Wait before the second attempt (0..1 day). */
+  backoffMs?: number;
+  /** Each wait is the one before times this (default 1). */
+  multiplier?: number;
 }
 
 /** A run as the API shows it. */
@@ -24,7 +37,20 @@ export interface RunView {
   input: Json;
   result?: Json;
   error?: RunError;
+  /** The run's attempt: 1, plus one per restart from its input by the task's @retry. */
   attempts: number;
+  /** Invocations (claims) so far, of every attempt. */
+  invocations: number;
+  /** get_run: the attempts a task-level @retry ended, oldest first (quickjs.run_attempts). */
+  previousAttempts?: {
+    attempt: number;
+    error: RunError;
+    invocations: number;
+    /** How many journal entries it made (kept in run_attempts.calls, never replayed). */
+    calls: number;
+    startedAt?: string;
+    endedAt: string;
+  }[];
   suspensions: number;
   /** Lost leases in a row (a worker died); too many fails the run. */
   leaseExpirations?: number;
@@ -165,4 +191,6 @@ export interface ServiceRow {
   url: string;
   headers: Record<string, string>;
   timeoutMs: number;
+  /** Retry policy of its calls (engine/retry.ts); absent: one attempt. */
+  retry?: Record<string, Json>;
 }

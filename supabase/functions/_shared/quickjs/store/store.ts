@@ -21,6 +21,7 @@ import type {
   SnapshotInfo,
   SnapshotList,
   StuckRun,
+  TaskRetry,
   WaitingOn,
 } from "./rows.ts";
 
@@ -39,6 +40,7 @@ export type {
   SnapshotInfo,
   SnapshotList,
   StuckRun,
+  TaskRetry,
   WaitingOn,
 } from "./rows.ts";
 
@@ -107,6 +109,8 @@ export class Store {
     description?: string | null;
     limits?: Record<string, number>;
     allowedTools?: string[] | null;
+    /** @retry: a run that fails starts again from its input, up to `attempts` in all. */
+    retry?: TaskRetry | null;
   }): Promise<PublishedTask> {
     return this.#call("publish_task", {
       p_name: task.name,
@@ -114,6 +118,7 @@ export class Store {
       p_description: task.description ?? null,
       p_limits: task.limits ?? {},
       p_allowed_tools: task.allowedTools ?? null,
+      p_retry: task.retry ?? null,
     });
   }
 
@@ -242,6 +247,24 @@ export class Store {
       p_result: settle.ok ? settle.result ?? null : null,
       p_error: settle.ok ? null : settle.error ?? null,
       p_logs: settle.logs ?? [],
+      p_now: now,
+    });
+  }
+
+  /** A failed attempt to be retried at `wakeAt`: the call is pending again (quickjs.retry_call). */
+  retryCall(lease: Lease, retry: {
+    seq: number;
+    error: Json;
+    wakeAt: Date;
+    logs?: LogLine[];
+  }, now?: Date): Promise<CallRecord> {
+    return this.#call("retry_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: retry.seq,
+      p_error: retry.error,
+      p_wake_at: retry.wakeAt,
+      p_logs: retry.logs ?? [],
       p_now: now,
     });
   }
