@@ -5,7 +5,10 @@
  *   deno task diagnose inspect <runId>     the run, its journal, snapshot header, last logs
  *   deno task diagnose restore <runId>     dry run: restore the snapshot here, write nothing
  *   deno task diagnose stuck [--fix]       runs in a state that should not last; --fix
- *                                          repairs each (quickjs.repair_run)
+ *                                          repairs each (quickjs.repair_run); warns, as
+ *                                          dispatch does, when runnable runs have no executor
+ *   deno task diagnose dispatch [--after S]  whether ready runs reach an executor: settings,
+ *                                          pg_net, the tick, runs runnable for over S s (60)
  *   deno task diagnose snapshots [--limit N]   the largest snapshots
  *   --db URL   postgres://… | pglite | pglite:<dir>  (default: DATABASE_URL, SUPABASE_DB_URL,
  *              else an in-memory PGlite)
@@ -13,13 +16,15 @@
  *   --logs N   inspect: how many of the last log lines to show (default 20)
  *
  * Exit code: 0 when all is well; 1 when the run does not exist, its snapshot cannot be
- * restored, stuck runs were found and not (all) repaired, or the database failed; 2 on bad
- * usage.
+ * restored, stuck runs were found and not (all) repaired, runnable runs have no executor
+ * (dispatch; stuck without --fix), or the database failed; 2 on bad usage.
  */
 import { parseArgs } from "node:util";
 import type { Store } from "../supabase/functions/_shared/quickjs/mod.ts";
 import { defaultDb, openStore } from "./lib/open_store.ts";
 import {
+  type DispatchHealth,
+  dispatchHealth,
   inspectRun,
   largestSnapshots,
   repairStuckRuns,
@@ -32,6 +37,7 @@ const USAGE = `usage: diagnose <command> [--db URL] [--json]
   inspect <runId> [--logs N]   the run, its journal, its snapshot header, its last logs
   restore <runId>              restore the snapshot in this process (dry run, writes nothing)
   stuck [--fix]                runs that need an operator; --fix repairs them
+  dispatch [--after S]         whether ready runs reach an executor (runnable > S s: 60)
   snapshots [--limit N]        the largest snapshots`;
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -45,6 +51,7 @@ interface Options {
   fix: boolean;
   limit: number;
   logs: number;
+  after: number;
 }
 
 function count(text: string, name: string): number {
@@ -68,6 +75,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         fix: { type: "boolean", default: false },
         limit: { type: "string", default: "20" },
         logs: { type: "string", default: "20" },
+        after: { type: "string", default: "60" },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -77,7 +85,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     }
     [command = "", runId] = positionals;
     const wantsRun = command === "inspect" || command === "restore";
-    if (!["inspect", "restore", "stuck", "snapshots"].includes(command)) {
+    if (!["inspect", "restore", "stuck", "dispatch", "snapshots"].includes(command)) {
       throw new UsageError(command ? `unknown command ${command}` : "which command?");
     }
     if (positionals.length !== (wantsRun ? 2 : 1)) {
@@ -92,6 +100,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       fix: values.fix,
       limit: count(values.limit, "limit"),
       logs: count(values.logs, "logs"),
+      after: count(values.after, "after"),
     };
     db = values.db;
   } catch (e) {
@@ -111,6 +120,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         return await restore(store, runId!, options);
       case "stuck":
         return await stuck(store, options);
+      case "dispatch":
+        return await dispatch(store, options);
       default:
         return await snapshots(store, options);
     }
@@ -277,7 +288,9 @@ async function stuck(store: Store, options: Options): Promise<number> {
     (report.repairs ?? []).filter((r) => r.action !== "none").map((r) => r.runId),
   );
   const unrepaired = [...new Set(report.stuck.map((r) => r.id))].filter((id) => !repaired.has(id));
-  const ok = unrepaired.length === 0;
+  const health = await dispatchHealth(store, { afterSeconds: options.after });
+  // --fix answers for its repairs; a listing also fails when runnable runs have no executor
+  const ok = unrepaired.length === 0 && (options.fix || health.problems.length === 0);
   if (options.json) {
     console.log(JSON.stringify({
       stuck: report.stuck.map((r) => ({
@@ -298,12 +311,15 @@ async function stuck(store: Store, options: Options): Promise<number> {
         }
         : {}),
       unrepaired,
+      dispatch: health,
     }));
     return ok ? 0 : 1;
   }
+  const warnings = health.problems.map((p) => `warning: ${p}`);
   if (report.stuck.length === 0) {
     console.log("no stuck runs");
-    return 0;
+    for (const line of warnings) console.log(line);
+    return ok ? 0 : 1;
   }
   const repairs = new Map((report.repairs ?? []).map((r) => [r.runId, r]));
   const headings = ["problem", "since", "run", "task", "status"];
@@ -331,7 +347,41 @@ async function stuck(store: Store, options: Options): Promise<number> {
   } else {
     console.log(`repaired ${repaired.size} run(s); ${unrepaired.length} could not be repaired`);
   }
+  for (const line of warnings) console.log(line);
   return ok ? 0 : 1;
+}
+
+// ---- dispatch --------------------------------------------------------------------------
+
+async function dispatch(store: Store, options: Options): Promise<number> {
+  const health = await dispatchHealth(store, { afterSeconds: options.after });
+  const ok = health.problems.length === 0;
+  if (options.json) {
+    console.log(JSON.stringify(health));
+    return ok ? 0 : 1;
+  }
+  for (const line of dispatchText(health)) console.log(line);
+  return ok ? 0 : 1;
+}
+
+function dispatchText(h: DispatchHealth): string[] {
+  const out = fields([
+    ["dispatch", h.mode],
+    ["pg_net", h.pgNet ? "installed" : "not installed"],
+    ["function url", h.functionUrl ?? "(not set)"],
+    ["key", h.key ? "set" : "(not set)"],
+    ["tick", h.tick ? `pg_cron, '${h.tick}'` : "not scheduled (pg_cron)"],
+    ["listeners", `${h.listeners} connection(s) LISTEN quickjs_runs (a hint)`],
+    [
+      "runnable",
+      `${h.waiting} run(s) for more than ${h.afterSeconds} s` +
+      (h.oldestSince ? `, the oldest since ${h.oldestSince}` : ""),
+    ],
+  ], "");
+  out.push("");
+  if (h.problems.length === 0) out.push("ready runs reach an executor");
+  for (const p of h.problems) out.push(`warning: ${p}`);
+  return out;
 }
 
 // ---- snapshots -------------------------------------------------------------------------

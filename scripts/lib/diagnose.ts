@@ -5,6 +5,7 @@
  */
 import {
   type CallRecord,
+  type DispatchHealth,
   incompatibility,
   readSnapshot,
   type RepairResult,
@@ -256,6 +257,19 @@ export async function repairStuckRuns(store: Store, now?: Date): Promise<StuckRe
     repairs.push({ runId: id, ...await store.repairRun(id, now) });
   }
   return { stuck, repairs };
+}
+
+export type { DispatchHealth };
+
+/**
+ * Whether ready runs reach an executor (quickjs.dispatch_health): problems is empty when
+ * they do. A run runnable for more than `afterSeconds` (60) means nobody is taking runs.
+ */
+export async function dispatchHealth(
+  store: Store,
+  options: { now?: Date; afterSeconds?: number } = {},
+): Promise<DispatchHealth> {
+  return await store.dispatchHealth(options);
 }
 
 /** The largest snapshots, with the count and total size of all. */

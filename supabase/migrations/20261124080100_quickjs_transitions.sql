@@ -229,18 +229,23 @@ comment on trigger runs_before_insert on quickjs.runs is 'See quickjs.runs_befor
 create function quickjs.enqueue_run(
   p_task text default null, p_task_id uuid default null, p_input jsonb default 'null',
   p_idempotency_key text default null, p_owner_id uuid default null,
-  p_run_at timestamptz default null, p_now timestamptz default now())
+  p_run_at timestamptz default null, p_now timestamptz default now(),
+  p_announce boolean default true)
 returns jsonb language plpgsql as $$
 declare
   t quickjs.tasks := quickjs.require_task(p_task, p_task_id);
   r quickjs.runs;
 begin
+  -- p_announce false: the caller executes the run itself right away (POST /runs), so the
+  -- dispatch trigger must not send it to a worker or the function as well
+  perform set_config('quickjs.announce', case when p_announce then 'on' else 'off' end, true);
   insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
                             created_at, updated_at)
   values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
           coalesce(p_run_at, p_now), p_now, p_now)
   on conflict (task_id, idempotency_key) do nothing
   returning * into r;
+  perform set_config('quickjs.announce', 'on', true);
   if r.id is null then
     -- only a key can conflict (a null key never does)
     select * into r from quickjs.runs where task_id = t.id and idempotency_key = p_idempotency_key;
@@ -254,7 +259,8 @@ begin
   return quickjs.run_json(r) || '{"created": true}';
 end $$;
 comment on function quickjs.enqueue_run is
-  'Creates a queued run of the task''s latest version; the same idempotency key and input return the same run.';
+  'Creates a queued run of the task''s latest version; the same idempotency key and input return the same run. '
+  'p_announce false: not dispatched (the caller runs it at once; the tick announces it if that fails).';
 
 -- A claimed run as the engine needs it: code, limits, and the journal entries that matter
 -- on resume (the parked calls and everything after the snapshot). The snapshot's bytes

@@ -20,7 +20,9 @@ comment on function quickjs.dispatch is 'Announces a ready run: pg_notify(quickj
 create function quickjs.runs_dispatch() returns trigger language plpgsql as $$
 begin
   if new.status = 'queued' and new.run_at <= now()
-     and (tg_op = 'INSERT' or old.status is distinct from new.status) then
+     and (tg_op = 'INSERT' or old.status is distinct from new.status)
+     -- enqueue_run(p_announce => false): the caller is executing it already
+     and not (tg_op = 'INSERT' and coalesce(current_setting('quickjs.announce', true), '') = 'off') then
     perform quickjs.dispatch(new.id);
   end if;
   return null;
@@ -37,13 +39,18 @@ declare
 begin
   select count(quickjs.wake_run(id, p_now)) into v_woken
   from quickjs.runs where status = 'suspended' and wake_at <= p_now;
-  -- queued runs whose dispatch was lost (worker down, pg_net failure) are announced again
+  -- announced: queued runs that became due since they last changed (a retry's backoff, a
+  -- start time: the trigger saw them not yet due), and runs whose dispatch was lost (worker
+  -- down, pg_net failure, an executing request that died) once they are a minute overdue
   perform quickjs.dispatch(id) from quickjs.runs
-  where status = 'queued' and run_at <= p_now - interval '1 minute' limit 100;
+  where status = 'queued' and run_at <= p_now
+    and (run_at > updated_at or run_at <= p_now - interval '1 minute')
+  order by run_at limit 100;
   return jsonb_build_object('requeued', v_requeued, 'woken', v_woken);
 end $$;
 comment on function quickjs.tick is
-  'pg_cron calls this every minute: requeues runs whose worker vanished, wakes sleepers that are due.';
+  'pg_cron calls this every 10 s (every minute before pg_cron 1.5): requeues runs whose worker '
+  'vanished, wakes sleepers that are due, announces queued runs that became due or were lost.';
 
 create function quickjs.next_wake_at(p_now timestamptz default now()) returns jsonb
 language sql stable as $$

@@ -142,3 +142,69 @@ $$;
 comment on function quickjs.list_snapshots is
   'The p_limit largest snapshots (run, task, stored size, VM memory, build, created) and the count and '
   'total size of all of them: a capacity view for diagnose-vm-state.';
+
+-- Whether ready runs reach an executor: the dispatch settings, what they need (pg_net, the
+-- function's URL and key; a listening worker for notify), the pg_cron tick, and the runs
+-- that have been runnable for more than p_after_seconds without anyone taking them. A run
+-- is normally claimed within a second of becoming due; a minute means nobody is there.
+create function quickjs.dispatch_health(p_now timestamptz default now(), p_after_seconds int default 60)
+returns jsonb language plpgsql stable as $$
+declare
+  v_mode text := coalesce((select value from quickjs.settings where key = 'dispatch'), 'notify');
+  v_url text := (select value from quickjs.settings where key = 'function_url');
+  v_pg_net boolean := to_regnamespace('net') is not null;
+  v_key boolean := exists (select 1 from quickjs.settings where key = 'service_role_key');
+  v_tick text;
+  v_listeners int;
+  v_waiting int;
+  v_oldest timestamptz;
+  v_problems text[] := '{}';
+begin
+  if not v_key and to_regclass('vault.decrypted_secrets') is not null then
+    execute 'select exists (select 1 from vault.decrypted_secrets where name = $1)'
+      into v_key using 'quickjs_service_role_key';
+  end if;
+  if to_regclass('cron.job') is not null then
+    begin
+      execute 'select schedule from cron.job where jobname = $1 limit 1' into v_tick using 'quickjs-tick';
+    exception when insufficient_privilege then
+      v_tick := null;
+    end;
+  end if;
+  -- a worker's LISTEN connection shows that statement as its last one (visible to the
+  -- same role, or with pg_read_all_stats): a hint, not proof
+  select count(*) into v_listeners from pg_stat_activity
+  where query ~* '^\s*listen\s+"?quickjs_runs"?';
+  select count(*), min(coalesce(wake_at, run_at)) into v_waiting, v_oldest from quickjs.runs
+  where (status = 'queued' and run_at < p_now - make_interval(secs => p_after_seconds))
+     or (status = 'suspended' and wake_at < p_now - make_interval(secs => p_after_seconds));
+
+  if v_mode = 'pg_net' and not v_pg_net then
+    v_problems := v_problems || 'dispatch = pg_net but pg_net is not installed: runs are announced by NOTIFY only'::text;
+  end if;
+  if v_mode = 'pg_net' and v_url is null then
+    v_problems := v_problems || 'dispatch = pg_net but settings has no function_url: runs are announced by NOTIFY only'::text;
+  end if;
+  if v_mode = 'pg_net' and v_pg_net and v_url is not null and not v_key then
+    v_problems := v_problems || 'dispatch = pg_net but no key (Vault secret quickjs_service_role_key or settings service_role_key): the function refuses the requests'::text;
+  end if;
+  if v_waiting > 0 then
+    v_problems := v_problems || format(
+      '%s run(s) runnable for more than %s s (the oldest since %s): nothing executes them; %s',
+      v_waiting, p_after_seconds, v_oldest,
+      case
+        when v_mode = 'pg_net' then 'check net._http_response for the function''s answers'
+        when v_tick is null and v_mode = 'none' then 'dispatch = none needs a polling worker (deno task worker) or the tick (pg_cron, POST /tick)'
+        when v_mode = 'none' then 'dispatch = none: the tick wakes runs but announces them to nobody; run deno task worker, or set dispatch = pg_net'
+        else 'dispatch = notify needs a listening worker (deno task worker); with Supabase alone set dispatch = pg_net'
+      end);
+  end if;
+  return jsonb_build_object(
+    'mode', v_mode, 'pgNet', v_pg_net, 'functionUrl', v_url, 'key', v_key, 'tick', v_tick,
+    'listeners', v_listeners, 'waiting', v_waiting, 'oldestSince', v_oldest,
+    'afterSeconds', p_after_seconds, 'problems', to_jsonb(v_problems));
+end $$;
+comment on function quickjs.dispatch_health is
+  'Whether ready runs reach an executor: dispatch settings and what they need, the pg_cron tick, '
+  'listening workers (a hint), and runs runnable for more than p_after_seconds (problems lists why '
+  'nothing runs them). diagnose-vm-state dispatch shows it.';

@@ -10,6 +10,7 @@ import { runScript } from "../support/cli.ts";
 import type { TestDb } from "../support/db.ts";
 import { harness, runToEnd, startTask } from "../support/engine_harness.ts";
 import {
+  dispatchHealth,
   findStuckRuns,
   inspectRun,
   largestSnapshots,
@@ -451,3 +452,94 @@ test("diagnose snapshots (real process) shows the largest snapshots", async (db)
   );
   assert.match(r.stdout, /\d+ snapshot\(s\), [\d.]+ \w+ in all/);
 }, { serverOnly: SUBPROCESS });
+
+// ---- dispatch: do ready runs reach an executor? -------------------------------------------
+
+/** A queued run that became due `seconds` ago and that nobody took. */
+async function unclaimedRun(db: TestDb, seconds: number): Promise<string> {
+  const h = harness(db.store);
+  const id = await startTask(h, "export default async () => 1");
+  await db.query(
+    `update quickjs.runs set run_at = now() - make_interval(secs => $2::int) where id = $1`,
+    [id, seconds],
+  );
+  return id;
+}
+
+test("dispatchHealth warns when a run has been runnable for over a minute under notify, and not before", async (db) => {
+  await retireOtherRuns(db);
+  await db.query("update quickjs.settings set value = 'notify' where key = 'dispatch'");
+  const fresh = await unclaimedRun(db, 5);
+  const calm = await dispatchHealth(db.store);
+  assert.equal(calm.mode, "notify");
+  assert.equal(calm.waiting, 0);
+  assert.deepEqual(calm.problems, [], "a run due for 5 s is not yet a problem");
+
+  const old = await unclaimedRun(db, 90);
+  const health = await dispatchHealth(db.store);
+  assert.equal(health.waiting, 1);
+  assert.equal(health.problems.length, 1);
+  assert.match(health.problems[0]!, /1 run\(s\) runnable for more than 60 s/);
+  assert.match(health.problems[0]!, /notify needs a listening worker/);
+  assert.equal((await dispatchHealth(db.store, { afterSeconds: 120 })).waiting, 0);
+
+  // once something runs them, all is well again
+  const h = harness(db.store);
+  for (const id of [old, fresh]) await runToEnd(h, id);
+  assert.deepEqual((await dispatchHealth(db.store)).problems, []);
+});
+
+test("dispatchHealth names what dispatch = pg_net lacks: pg_net, the function URL, the key", async (db) => {
+  await retireOtherRuns(db);
+  try {
+    await db.query("update quickjs.settings set value = 'pg_net' where key = 'dispatch'");
+    await db.query(
+      "delete from quickjs.settings where key in ('function_url', 'service_role_key')",
+    );
+    const health = await dispatchHealth(db.store);
+    assert.equal(health.mode, "pg_net");
+    const pgNet = health.pgNet;
+    if (!pgNet) assert.ok(health.problems.some((p) => /pg_net is not installed/.test(p)));
+    assert.ok(health.problems.some((p) => /no function_url/.test(p)), health.problems.join("; "));
+    await db.query(
+      "insert into quickjs.settings (key, value) values ('function_url', 'https://x.supabase.co/functions/v1/quickjs')",
+    );
+    const withUrl = await dispatchHealth(db.store);
+    assert.ok(!withUrl.problems.some((p) => /function_url/.test(p)));
+    assert.equal(withUrl.functionUrl, "https://x.supabase.co/functions/v1/quickjs");
+  } finally {
+    await db.query("update quickjs.settings set value = 'notify' where key = 'dispatch'");
+    await db.query("delete from quickjs.settings where key = 'function_url'");
+  }
+});
+
+test(
+  "diagnose dispatch and diagnose stuck (real process) exit 1 when runnable runs have no executor",
+  async (db) => {
+    await retireOtherRuns(db);
+    await db.query("update quickjs.settings set value = 'notify' where key = 'dispatch'");
+    const id = await unclaimedRun(db, 90);
+
+    const json = await runScript("diagnose-vm-state.ts", ["dispatch", "--db", db.url!, "--json"]);
+    assert.equal(json.code, 1, json.stderr);
+    assert.equal(json.json!.waiting, 1);
+    assert.equal(json.json!.mode, "notify");
+
+    const human = await runScript("diagnose-vm-state.ts", ["dispatch", "--db", db.url!]);
+    assert.equal(human.code, 1);
+    assert.match(human.stdout, /^dispatch\s+notify$/m);
+    assert.match(human.stdout, /^warning: 1 run\(s\) runnable for more than 60 s/m);
+
+    // stuck lists nothing stuck yet (10 minutes), but warns and fails
+    const stuck = await runScript("diagnose-vm-state.ts", ["stuck", "--db", db.url!]);
+    assert.equal(stuck.code, 1, stuck.stdout);
+    assert.match(stuck.stdout, /no stuck runs/);
+    assert.match(stuck.stdout, /^warning: .*notify needs a listening worker/m);
+
+    await runToEnd(harness(db.store), id);
+    const ok = await runScript("diagnose-vm-state.ts", ["dispatch", "--db", db.url!]);
+    assert.equal(ok.code, 0, ok.stdout);
+    assert.match(ok.stdout, /ready runs reach an executor/);
+  },
+  { serverOnly: SUBPROCESS },
+);

@@ -179,3 +179,54 @@ test("a user token on /tick and /resume is 403 FORBIDDEN and runs nothing", asyn
   // leave nothing due for the next test
   assert.equal((await send(app, `/quickjs/runs/${queued.id}/resume`)).status, 200);
 });
+
+test("resume of a run longer than the resume bound answers 202 with the run, which goes on to the end", async (db) => {
+  // a tool that returns when the test says so: the invocation outlasts the bound
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let called!: () => void;
+  const inCall = new Promise<void>((resolve) => (called = resolve));
+  await db.store.publishTask({
+    name: "long",
+    code: `export default async function () { return await tools.slow.work(); }`,
+  });
+  const background: Promise<unknown>[] = [];
+  const engine = new Engine({
+    store: db.store,
+    tools: new ToolRegistry(db.store, {
+      custom: {
+        slow: async () => {
+          called();
+          await released;
+          return "finished";
+        },
+      },
+    }),
+    workerId: "ops-test-long",
+  });
+  const app = createApp({
+    store: db.store,
+    engine,
+    auth: { serviceRoleKey: SERVICE_KEY },
+    runInBackground: (work) => void background.push(work),
+    resumeWaitMs: 1_500,
+  });
+  const queued = await db.store.enqueueRun({ task: "long", now: engine.clock.now() });
+
+  const startedAt = Date.now();
+  const res = await send(app, `/quickjs/runs/${queued.id}/resume`, { body: {} });
+  const took = Date.now() - startedAt;
+  await inCall;
+  assert.equal(res.status, 202);
+  assert.equal(res.body.run.id, queued.id);
+  assert.equal(res.body.run.status, "running");
+  assert.equal(res.body.invocation, null);
+  assert.ok(took < 5_000, `answered within the bound (took ${took} ms)`);
+  assert.equal(background.length, 1, "the invocation was handed to runInBackground");
+
+  release();
+  await Promise.all(background);
+  const run = await db.store.getRun(queued.id);
+  assert.equal(run?.status, "completed");
+  assert.equal(run?.result, "finished");
+});

@@ -217,6 +217,8 @@ function contractSuite(
     await s.nextWakeAt(T0);
     await s.requeueExpiredLeases(T0);
     await s.tick(T0);
+    await s.dispatchHealth({ now: T0 });
+    await s.announceRun(queued.id);
     await s.kvSet("shape", 1);
     await s.kvGet("shape");
     await s.kvDelete("shape");

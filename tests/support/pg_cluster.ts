@@ -79,17 +79,33 @@ function freePort(): number {
   throw new Error("no free port in 55500-55899");
 }
 
-export async function startCluster(): Promise<Cluster> {
+/** Whether this machine's PostgreSQL has pg_cron (postgresql-<version>-cron). */
+export function hasPgCron(): boolean {
+  const bin = pgBin();
+  if (!bin) return false;
+  try {
+    Deno.statSync(`${bin}/../lib/pg_cron.so`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** `settings`: extra server settings, e.g. `{ shared_preload_libraries: "pg_cron" }`. */
+export async function startCluster(
+  options: { settings?: Record<string, string> } = {},
+): Promise<Cluster> {
   const bin = pgBin()!;
   const dir = await Deno.makeTempDir({ prefix: "quickjs-reliability-pg-" });
   await Deno.chown(dir, Number(await id("postgres", "-u")), Number(await id("postgres", "-g")));
   const port = freePort();
+  const extra = Object.entries(options.settings ?? {}).map(([k, v]) => ` -c ${k}=${v}`).join("");
   const ctl = (args: string) => asPostgres(`${bin}/pg_ctl -D ${dir} ${args}`);
   // fsync off: the fault is a process crash, not a power cut; the OS keeps what was written
   const start = () =>
     ctl(
       `-l ${dir}/server.log -w -t 60 -o '-p ${port} -k /tmp -c listen_addresses=127.0.0.1 ` +
-        `-c max_connections=100 -c fsync=off' start`,
+        `-c max_connections=100 -c fsync=off${extra}' start`,
     );
   await asPostgres(`${bin}/initdb -D ${dir} -A trust -U postgres`);
   await start();

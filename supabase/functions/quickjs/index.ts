@@ -3,7 +3,13 @@
  * from the environment; importing this module touches neither the database nor files.
  * Local development serves the same app over an embedded database: `deno task serve`.
  */
-import { IsolateLife, isolateLimitsFromEnv, Store } from "../_shared/quickjs/mod.ts";
+import {
+  getBuild,
+  IsolateLife,
+  isolateLimitsFromEnv,
+  Store,
+  WasmMissingError,
+} from "../_shared/quickjs/mod.ts";
 import { preflight, withCors } from "./http/app.ts";
 import { errorResponse, HttpError } from "./http/errors.ts";
 import { type App, appForStore, driverFromEnv, type Env } from "./http/setup.ts";
@@ -33,24 +39,29 @@ async function fetch(request: Request): Promise<Response> {
   return await handle(request);
 }
 
-function appFromEnv(env: Env, allowOrigin: string): Promise<App> {
+async function appFromEnv(env: Env, allowOrigin: string): Promise<App> {
   const driver = driverFromEnv(env);
   if (!driver) {
     console.error("quickjs: no database configured");
-    return Promise.reject(
-      new HttpError(
-        500,
-        "NOT_CONFIGURED",
-        "the function has no database: set QUICKJS_DB_POOLER_URL, SUPABASE_DB_URL (or " +
-          "DATABASE_URL), or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEYS)",
-      ),
+    throw new HttpError(
+      500,
+      "NOT_CONFIGURED",
+      "the function has no database: set QUICKJS_DB_POOLER_URL, SUPABASE_DB_URL (or " +
+        "DATABASE_URL), or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEYS)",
     );
   }
+  // a deploy without `deno task prepare-deploy` fails here, at the app's boot (its first
+  // request), with WASM_MISSING, rather than inside the first run it tries
+  await getBuild().catch((e) => {
+    if (!(e instanceof WasmMissingError)) throw e;
+    console.error(`quickjs: ${e.message}`);
+    throw new HttpError(500, e.code, e.message, { cause: e });
+  });
   if (!isolate) {
     isolate = new IsolateLife(isolateLimitsFromEnv(env));
     isolate.listen();
   }
-  return Promise.resolve(appForStore(new Store(driver), env, allowOrigin, { isolate }));
+  return appForStore(new Store(driver), env, allowOrigin, { isolate });
 }
 
 export default { fetch } satisfies Deno.ServeDefaultExport;

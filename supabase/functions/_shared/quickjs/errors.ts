@@ -252,6 +252,11 @@ export const ERROR_CODES = Object.freeze(
       status: 500,
       about: "the function has no database configured",
     },
+    WASM_MISSING: {
+      where: "http",
+      status: 500,
+      about: "the deployed function lacks the vendored QuickJS wasm (deno task prepare-deploy)",
+    },
     INTERNAL: {
       where: "http",
       status: 500,

@@ -57,6 +57,7 @@ export { isDataError, storable } from "./engine/storable.ts";
 export {
   type CallRecord,
   type ClaimedRun,
+  type DispatchHealth,
   type Lease,
   type LogLine,
   type PublishedTask,
@@ -121,4 +122,10 @@ export {
   validateHeader,
 } from "./sandbox/snapshot_codec.ts";
 export { type RunError, SandboxError } from "./sandbox/errors.ts";
-export { BUILD_VARIANT, type BuildVariant, getBuild, VENDORED_WASM_DIR } from "./sandbox/wasm.ts";
+export {
+  BUILD_VARIANT,
+  type BuildVariant,
+  getBuild,
+  VENDORED_WASM_DIR,
+  WasmMissingError,
+} from "./sandbox/wasm.ts";

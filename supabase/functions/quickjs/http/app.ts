@@ -29,6 +29,11 @@ export interface AppDeps {
   allowOrigin?: string;
   /** Longest `wait` of POST /runs (default 25 s, well inside the platform's request limit). */
   maxWaitMs?: number;
+  /**
+   * Longest POST /runs/:id/resume waits for its invocation (default 25 s, as `wait`); then
+   * 202, the invocation going on in the background.
+   */
+  resumeWaitMs?: number;
   /** Keeps work going after the response (default: EdgeRuntime.waitUntil on Supabase). */
   runInBackground?: (work: Promise<unknown>) => void;
 }
@@ -84,6 +89,7 @@ export function createApp(deps: AppDeps): (request: Request) => Promise<Response
     },
     startRunSchema: startRunBody(deps.maxWaitMs ?? DEFAULT_MAX_WAIT_MS),
     runInBackground: deps.runInBackground ?? defaultRunInBackground(),
+    resumeWaitMs: deps.resumeWaitMs ?? deps.maxWaitMs ?? DEFAULT_MAX_WAIT_MS,
   };
 
   async function route(request: Request): Promise<Response> {

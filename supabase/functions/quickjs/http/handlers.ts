@@ -22,6 +22,8 @@ export interface HandlerDeps {
   body: BodyLimits;
   startRunSchema: ReturnType<typeof startRunBody>;
   runInBackground: (work: Promise<unknown>) => void;
+  /** Longest POST /runs/:id/resume waits for its invocation before answering 202. */
+  resumeWaitMs: number;
 }
 
 export interface HandlerCall {
@@ -60,11 +62,18 @@ export const startRun: Handler = async ({ deps, request, caller }) => {
     ownerId,
     // the clock the engine claims by: a run must be due for the claim right below
     now: engine.clock.now(),
+    // this request executes the run right below: it must not be dispatched (to a worker
+    // by NOTIFY, to another invocation by pg_net) a second time
+    announce: false,
   });
   const created = enqueued.created === true;
   let execution: Promise<unknown> | undefined;
   if (created) {
-    execution = engine.claimAndRun({ runId: enqueued.id });
+    execution = engine.claimAndRun({ runId: enqueued.id }).then(async (results) => {
+      // not claimed here (this worker is handing its runs over): announce it after all
+      if (results.length === 0) await store.announceRun(enqueued.id);
+      return results;
+    });
     deps.runInBackground(execution);
   }
   const wait = body.wait ?? 0;
@@ -92,13 +101,22 @@ export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
   return Response.json({ run });
 };
 
-/** POST /runs/:id/resume (service role): one invocation of a run that is due, awaited. */
+/**
+ * POST /runs/:id/resume (service role): one invocation of a run that is due. The answer
+ * comes within `resumeWaitMs` (25 s; the platform drops a request idle for 150 s, and an
+ * invocation may take 140 s): the invocation's result when it ends by then, else 202 with
+ * the run as it is, while the invocation goes on in the background.
+ */
 export const resumeRun: Handler = async ({ deps, request, caller, params }) => {
   requireService(caller);
   const { id } = parse(runParams, params, "path");
   parse(resumeRunBody, await readJsonBody(request, deps.body), "body");
-  const [invocation] = await deps.engine.claimAndRun({ runId: id });
+  const execution = deps.engine.claimAndRun({ runId: id });
+  deps.runInBackground(execution);
+  const ended = await settledWithin(execution, deps.resumeWaitMs);
   const run = await mustGetRun(deps.store, id, null);
+  if (!ended) return Response.json({ run, invocation: null }, { status: 202 });
+  const [invocation] = ended.value;
   if (!invocation) throw new HttpError(409, "NOT_DUE", notDueMessage(run));
   return Response.json({ run, invocation });
 };
@@ -157,6 +175,22 @@ async function waitForRun(
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * `{ value }` when `work` resolves within `ms`, undefined when it is still going; rejects
+ * when it rejects in time.
+ */
+async function settledWithin<T>(work: Promise<T>, ms: number): Promise<{ value: T } | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      work.then((value) => ({ value })),
+      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Resolves when `work` settles or after `ms`, whichever is first. */

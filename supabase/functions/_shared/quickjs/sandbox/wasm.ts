@@ -15,6 +15,20 @@ import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.jso
   type: "json",
 };
 import { type BuildFacts, DEAD_STACK_BYTES } from "./layout.ts";
+import { SandboxError } from "./errors.ts";
+
+/**
+ * The QuickJS wasm cannot be read: neither the npm package's file (a deployed bundle does
+ * not carry it; Deno 2.1 cannot fetch npm: URLs) nor the copy `deno task prepare-deploy`
+ * vendors for the package version in use. Code WASM_MISSING; cause: why the package's file
+ * could not be read.
+ */
+export class WasmMissingError extends SandboxError {
+  override name = "WasmMissingError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("WASM_MISSING", message, options);
+  }
+}
 
 /**
  * The one build the product runs on. The asyncify build is what lets a host function
@@ -126,34 +140,49 @@ async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
 
 /**
  * The npm package's wasm (`packageUrl` for tests); failing that, the copy prepare-deploy
- * vendored for the same package version.
+ * vendored for the same package version (in `vendoredDir`, for tests); failing that, a
+ * WasmMissingError that says what to run.
  */
 export async function readBuildBytes(
   variant: BuildVariant,
   packageUrl?: string,
+  vendoredDir: URL = VENDORED_WASM_DIR,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const source = sourceOf(variant);
   try {
     return await readWasm(packageUrl ?? source.wasmUrl());
   } catch (packageError) {
-    const vendored = new URL(`${variant}.wasm`, VENDORED_WASM_DIR);
+    const vendored = new URL(`${variant}.wasm`, vendoredDir);
+    const why = `cannot read the QuickJS wasm of ${source.packageName} (${
+      (packageError as Error).message
+    })`;
     let recorded: { packageVersion?: string };
     try {
-      recorded = JSON.parse(await Deno.readTextFile(new URL(`${variant}.json`, VENDORED_WASM_DIR)));
+      recorded = JSON.parse(await Deno.readTextFile(new URL(`${variant}.json`, vendoredDir)));
     } catch {
-      throw new Error(
-        `cannot read the QuickJS wasm of ${source.packageName} (${
-          (packageError as Error).message
-        }) and no vendored copy exists: run \`deno task prepare-deploy\``,
+      throw new WasmMissingError(
+        `${why} and no vendored copy exists in ${vendoredDir.pathname}: run ` +
+          "`deno task prepare-deploy` before `supabase functions deploy`",
+        { cause: packageError },
       );
     }
     if (recorded.packageVersion !== source.version) {
-      throw new Error(
+      throw new WasmMissingError(
         `the vendored QuickJS wasm is from ${source.packageName} ${recorded.packageVersion}, ` +
           `the code is ${source.version}: run \`deno task prepare-deploy\` again`,
+        { cause: packageError },
       );
     }
-    return await Deno.readFile(vendored);
+    try {
+      return await Deno.readFile(vendored);
+    } catch (e) {
+      throw new WasmMissingError(
+        `${why} and the vendored copy ${vendored.pathname} cannot be read (${
+          (e as Error).message
+        }): run \`deno task prepare-deploy\``,
+        { cause: e },
+      );
+    }
   }
 }
 

@@ -12,6 +12,7 @@ import type { RunError } from "../sandbox/errors.ts";
 import type {
   CallRecord,
   ClaimJson,
+  DispatchHealth,
   KvCallResult,
   KvEntry,
   LogLine,
@@ -131,6 +132,7 @@ export const OPERATIONS = {
       p_owner_id: d("uuid"),
       p_run_at: d("timestamptz"),
       p_now: d("timestamptz"),
+      p_announce: d("boolean"),
     },
     returns: returnsJsonb<RunView>(),
   },
@@ -288,6 +290,11 @@ export const OPERATIONS = {
     }),
   },
   find_stuck_runs: { params: { p_now: d("timestamptz") }, returns: returnsJsonb<StuckRun[]>() },
+  dispatch_health: {
+    params: { p_now: d("timestamptz"), p_after_seconds: d("int") },
+    returns: returnsJsonb<DispatchHealth>(),
+  },
+  dispatch: { params: { p_run_id: "uuid" }, returns: returnsVoid },
   tick: {
     params: { p_now: d("timestamptz") },
     returns: returnsJsonb<{ requeued: number; woken: number }>(),

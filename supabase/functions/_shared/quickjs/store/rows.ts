@@ -171,6 +171,26 @@ export interface SnapshotInfo {
 /** A run find_stuck_runs lists, with what is wrong and since when. */
 export type StuckRun = RunView & { problem: string; since: string };
 
+/** quickjs.dispatch_health: whether ready runs reach an executor. */
+export interface DispatchHealth {
+  /** settings dispatch: notify | pg_net | none. */
+  mode: string;
+  pgNet: boolean;
+  functionUrl: string | null;
+  /** Whether a key for pg_net's requests exists (Vault or settings). */
+  key: boolean;
+  /** The pg_cron tick's schedule, null when it is not scheduled (or cron is not readable). */
+  tick: string | null;
+  /** Connections whose last statement was LISTEN quickjs_runs (a hint). */
+  listeners: number;
+  /** Runs runnable for more than afterSeconds. */
+  waiting: number;
+  oldestSince: string | null;
+  afterSeconds: number;
+  /** Empty when all is well. */
+  problems: string[];
+}
+
 /** tools.kv.get. */
 export interface KvEntry {
   found: boolean;

@@ -10,6 +10,7 @@ import type { SnapshotHeader } from "../sandbox/snapshot.ts";
 import type {
   CallRecord,
   ClaimedRun,
+  DispatchHealth,
   KvCallResult,
   KvEntry,
   Lease,
@@ -25,24 +26,8 @@ import type {
   WaitingOn,
 } from "./rows.ts";
 
-export type {
-  CallRecord,
-  ClaimedRun,
-  ClaimJson,
-  KvCallResult,
-  KvEntry,
-  Lease,
-  LogLine,
-  PublishedTask,
-  RepairResult,
-  RunView,
-  ServiceRow,
-  SnapshotInfo,
-  SnapshotList,
-  StuckRun,
-  TaskRetry,
-  WaitingOn,
-} from "./rows.ts";
+// the row shapes are the store's vocabulary: callers import them from here (or mod.ts)
+export type * from "./rows.ts";
 
 /** Calls one SQL function. Implementations: postgres.ts, pglite.ts, supabase.ts. */
 export interface SqlDriver {
@@ -130,6 +115,11 @@ export class Store {
     ownerId?: string | null;
     runAt?: Date | null;
     now?: Date;
+    /**
+     * false when the caller executes the run itself at once (POST /runs): it is then not
+     * dispatched (NOTIFY or pg_net) as well. The tick announces it if that execution fails.
+     */
+    announce?: boolean;
   }): Promise<RunView> {
     return this.#call("enqueue_run", {
       p_task: run.task ?? null,
@@ -139,6 +129,7 @@ export class Store {
       p_owner_id: run.ownerId ?? null,
       p_run_at: run.runAt ?? null,
       p_now: run.now,
+      p_announce: run.announce ?? true,
     });
   }
 
@@ -363,6 +354,19 @@ export class Store {
 
   findStuckRuns(now?: Date): Promise<StuckRun[]> {
     return this.#call("find_stuck_runs", { p_now: now });
+  }
+
+  /** Whether ready runs reach an executor (diagnose dispatch). */
+  dispatchHealth(options: { now?: Date; afterSeconds?: number } = {}): Promise<DispatchHealth> {
+    return this.#call("dispatch_health", {
+      p_now: options.now,
+      p_after_seconds: options.afterSeconds,
+    });
+  }
+
+  /** Announces a ready run as the settings say (NOTIFY, pg_net or nothing): quickjs.dispatch. */
+  announceRun(runId: string): Promise<void> {
+    return this.#call("dispatch", { p_run_id: runId });
   }
 
   tick(now?: Date): Promise<{ requeued: number; woken: number }> {
