@@ -608,15 +608,22 @@ class Invocation {
           signal: this.#abort.signal,
         };
         const work = (async (): Promise<Known> => {
-          // the lease is checked right before the call leaves: a worker that was paused
-          // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
-          await this.#holdLease();
-          const value = await plan.invoke(context);
-          return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
-        })().catch((e): Known => ({
-          outcome: { ok: false, error: toCallError(e) },
-          secret: false,
-        })).then((known) => this.#afterAttempt(seq, plan, context.attempt, known));
+          let known: Known;
+          try {
+            // the lease is checked right before the call leaves: a worker that was paused
+            // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
+            await this.#holdLease();
+            const value = await plan.invoke(context);
+            known = { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
+          } catch (e) {
+            known = { outcome: { ok: false, error: toCallError(e) }, secret: false };
+          }
+          // no extra await unless a retry is journaled: an outcome that is in before the
+          // invocation suspends must be journaled by it, not cut off and sent again
+          return this.#retries(plan, known)
+            ? await this.#afterAttempt(seq, plan, context.attempt, known)
+            : known;
+        })();
         this.#launch(seq, work, call);
         return { kind: "running" };
       }
@@ -668,7 +675,7 @@ class Invocation {
     known: Known,
   ): Promise<Known> {
     const policy = plan.retry;
-    if (known.outcome.ok || !policy || !isRetryable(policy, known.outcome.error)) return known;
+    if (known.outcome.ok || !policy) return known;
     const error = known.outcome.error;
     if (attempt >= policy.attempts) {
       if (policy.attempts > 1) this.#system(`call ${seq} failed after ${attempt} attempts`);
@@ -697,6 +704,12 @@ class Invocation {
       return known;
     }
     return { ...known, retryAt };
+  }
+
+  /** Whether a failed attempt is one its service's policy retries (attempts aside). */
+  #retries(plan: ToolPlan & { kind: "invoke" }, known: Known): boolean {
+    return !known.outcome.ok && plan.retry !== undefined &&
+      isRetryable(plan.retry, known.outcome.error);
   }
 
   /** A short backoff waits in this process, like a short sleep; a long one suspends the run. */
