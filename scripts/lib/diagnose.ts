@@ -76,7 +76,7 @@ export interface RunReport {
   calls: CallSummary[];
   snapshot: SnapshotSummary | null;
   /** The last log lines, oldest first. */
-  logs: { at: string; attempt?: number; level: string; message: string }[];
+  logs: { at: string; attempt?: number; invocation?: number; level: string; message: string }[];
   /** Log lines read: one more than shown when there are earlier ones. */
   logCount: number;
 }

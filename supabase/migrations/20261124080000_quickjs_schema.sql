@@ -102,6 +102,8 @@ comment on column quickjs.runs.attempts is
   'The run''s attempt: 1, plus one for each restart from its input by the task''s @retry.';
 comment on column quickjs.runs.invocations is
   'Claims so far: how many invocations (of any attempt) have worked on the run.';
+comment on column quickjs.runs.started_at is
+  'When the current attempt''s first invocation began (earlier attempts: run_attempts.started_at).';
 comment on column quickjs.runs.lease_expirations is
   'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
 comment on column quickjs.runs.waiting_on is 'What a suspended run waits for: {calls, children, wakeAt}.';

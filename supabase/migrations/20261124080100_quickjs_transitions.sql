@@ -679,7 +679,8 @@ begin
   update quickjs.runs set status = 'queued', attempts = r.attempts + 1, error = p_error,
     run_at = p_now + make_interval(secs => least(v_delay_ms, 86400000) / 1000),
     lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
-    lease_expirations = 0, updated_at = p_now
+    -- started_at: the next claim stamps the new attempt's start (run_attempts keeps this one's)
+    lease_expirations = 0, started_at = null, updated_at = p_now
   where id = r.id returning * into r;
   perform quickjs.system_log(r, format('attempt %s failed (%s); attempt %s of %s at %s',
     r.attempts - 1, coalesce(p_error ->> 'code', 'error'), r.attempts, p_retry ->> 'attempts',

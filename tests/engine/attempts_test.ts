@@ -89,6 +89,11 @@ test("@retry starts a run whose code throws again from its input, after the back
     [1, "flaky 1", 1],
     [2, "flaky 2", 1],
   ]);
+  // each attempt's own start: the next one starts after the backoff, not at the run's start
+  const [a1, a2] = run.previousAttempts!;
+  const ms = (iso?: string) => Date.parse(iso!);
+  assert.ok(ms(a2!.startedAt) >= ms(a1!.endedAt) + 10_000, JSON.stringify(run.previousAttempts));
+  assert.ok(ms(run.startedAt) >= ms(a2!.endedAt) + 20_000, `${run.startedAt} (attempt 3)`);
   // the journal is the last attempt's; the earlier ones are kept, not replayed
   const calls = await h.store.listCalls(id);
   assert.deepEqual(calls.map((c) => [c.seq, c.args[1], c.idempotencyKey]), [[1, 3, `${id}:1:a3`]]);

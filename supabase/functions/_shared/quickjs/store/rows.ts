@@ -64,6 +64,7 @@ export interface RunView {
   leaseExpiresAt?: string;
   createdAt: string;
   updatedAt: string;
+  /** When the current attempt's first invocation began (earlier ones: previousAttempts). */
   startedAt?: string;
   finishedAt?: string;
   logs?: LogLine[];
