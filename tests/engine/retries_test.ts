@@ -41,13 +41,19 @@ function flakyService(failures: number, status = 500): LocalServer & { seen: See
   return Object.assign(server, { seen });
 }
 
-async function register(db: TestDb, url: string, retry: unknown): Promise<string> {
+async function register(
+  db: TestDb,
+  url: string,
+  retry: unknown,
+  timeoutMs = 5000,
+): Promise<string> {
   const name = taskName("svc").replace(/[^A-Za-z0-9_-]/g, "_");
   await db.query(
-    "insert into quickjs.services (name, url, timeout_ms, retry) values ($1, $2, 5000, $3::text::jsonb)",
+    "insert into quickjs.services (name, url, timeout_ms, retry) values ($1, $2, $3, $4::text::jsonb)",
     [
       name,
       url,
+      timeoutMs,
       retry === null ? null : JSON.stringify(retry),
     ],
   );
@@ -202,4 +208,35 @@ Deno.test("retry delays grow by the multiplier up to the maximum, spread by the 
   ]);
   assert.equal(retryDelayMs(policy, 1, () => 0), 500);
   assert.equal(retryDelayMs(policy, 2, () => 0.999999), 3000);
+});
+
+test("a service whose timeout_ms exceeds the invocation budget is refused, not re-sent forever", async (db) => {
+  const service = flakyService(0);
+  try {
+    // 5 min: longer than any invocation may run (140 s), with or without a retry policy
+    const name = await register(db, service.url, { attempts: 3 }, 300_000);
+    const h = harness(db.store);
+    const id = await startWith(h, callIt, { svc: name });
+    const run = await runToEnd(h, id);
+    assert.equal(run.status, "completed", JSON.stringify(run.error));
+    const result = run.result as { code: string; message: string };
+    assert.equal(result.code, "TIMEOUT_OVER_BUDGET");
+    assert.match(result.message, /300000 ms\) is longer than an invocation may run \(140000 ms\)/);
+    assert.match(result.message, /timeout_ms/);
+    assert.equal(service.seen.length, 0, "never sent");
+    assert.equal(h.invocations.length, 1, "refused at once, not deferred to the next invocation");
+    const call = await callOf(h, id, 1);
+    assert.equal(call.status, "failed");
+    assert.equal(call.error?.code, "TIMEOUT_OVER_BUDGET");
+
+    // a smaller budget counts the same way: 5 s does not fit in 2 s
+    const small = await register(db, service.url, null, 5_000);
+    const h2 = harness(db.store, { budget: { wallMs: 2_000 } });
+    const id2 = await startWith(h2, callIt, { svc: small });
+    const run2 = await runToEnd(h2, id2);
+    assert.equal((run2.result as { code: string }).code, "TIMEOUT_OVER_BUDGET");
+    assert.equal(service.seen.length, 0);
+  } finally {
+    await service.close();
+  }
 });

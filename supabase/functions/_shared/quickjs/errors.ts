@@ -149,6 +149,12 @@ export const ERROR_CODES = Object.freeze(
       status: 504,
       about: "a registered service did not answer (or finish its body) in time",
     },
+    TIMEOUT_OVER_BUDGET: {
+      where: "call",
+      status: 500,
+      about:
+        "the call's timeout (quickjs.services.timeout_ms) is longer than an invocation may run",
+    },
     BAD_RETRY_POLICY: {
       where: "call",
       status: 500,

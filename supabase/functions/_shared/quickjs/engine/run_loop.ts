@@ -530,6 +530,21 @@ class Invocation {
       plan = { kind: "reject", error };
       call = { ...call, args: [] };
     }
+    if (plan.kind === "invoke" && plan.timeoutMs > this.#fullWallMs()) {
+      // no invocation can wait that long: it would be cut off at the budget and sent again
+      // in every invocation after, forever. Refused at the call, named, once.
+      const name = [call.service, ...call.path].join(".");
+      plan = {
+        kind: "reject",
+        error: {
+          code: "TIMEOUT_OVER_BUDGET",
+          name: "ToolError",
+          message: `${name}: its timeout (${plan.timeoutMs} ms) is longer than an invocation ` +
+            `may run (${this.#fullWallMs()} ms), so it could never finish; lower the service's ` +
+            `timeout_ms (quickjs.services) or raise the budget`,
+        },
+      };
+    }
     switch (plan.kind) {
       case "reject": {
         const record = await this.#record(call, "inline");
@@ -981,6 +996,12 @@ class Invocation {
   }
 
   // ---- budget, lease, logs -----------------------------------------------------------------
+
+  /** The wall time a fresh invocation has: its budget, within a fresh worker's life. */
+  #fullWallMs(): number {
+    const { wallMs, wallMarginMs } = this.#engine.isolate.limits;
+    return Math.min(this.#engine.budget.wallMs, wallMs - wallMarginMs);
+  }
 
   /** Wall time left: of the invocation's budget, and of the worker's life. */
   #wallLeftMs(): number {
