@@ -88,7 +88,9 @@ export interface CallRecord {
   mode: "inline" | "durable";
   status: CallStatus;
   result?: Json;
+  /** A settled call's error, or a retried call's last failed attempt's (pending, wakeAt). */
   error?: RunError & { data?: Json };
+  /** Attempts sent: a service's retries, and sends again after a crash or a cut-off. */
   attempts: number;
   idempotencyKey: string;
   wakeAt?: string;
