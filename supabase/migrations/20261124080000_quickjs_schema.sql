@@ -68,6 +68,7 @@ create table quickjs.runs (
   status quickjs.run_status not null default 'queued',
   input jsonb not null default 'null',
   result jsonb,
+  result_text text,
   error jsonb,
   attempts int not null default 1,
   invocations int not null default 0,
@@ -102,6 +103,9 @@ comment on column quickjs.runs.attempts is
   'The run''s attempt: 1, plus one for each restart from its input by the task''s @retry.';
 comment on column quickjs.runs.invocations is
   'Claims so far: how many invocations (of any attempt) have worked on the run.';
+comment on column quickjs.runs.result_text is
+  'The result''s JSON text as the task returned it, object keys in their order (jsonb sorts them); '
+  'a parent gets its child''s result from it.';
 comment on column quickjs.runs.started_at is
   'When the current attempt''s first invocation began (earlier attempts: run_attempts.started_at).';
 comment on column quickjs.runs.lease_expirations is
@@ -128,6 +132,7 @@ create table quickjs.calls (
   mode text not null check (mode in ('inline', 'durable')),
   status quickjs.call_status not null default 'pending',
   result jsonb,
+  result_text text check (result_text is null or result is not null),
   error jsonb,
   attempts int not null default 0,
   idempotency_key text not null,
@@ -142,6 +147,9 @@ create table quickjs.calls (
 comment on table quickjs.calls is
   'Journal of host calls. A settled call is never executed again: its outcome is delivered from '
   'here. A call in flight when its worker died is retried with the same idempotency key.';
+comment on column quickjs.calls.result_text is
+  'The result''s JSON text, object keys in the order the tool or child gave them (jsonb sorts '
+  'them): what a replay delivers.';
 
 create table quickjs.snapshots (
   run_id uuid primary key references quickjs.runs (id) on delete cascade,
@@ -199,9 +207,14 @@ comment on table quickjs.run_attempts is
 create table quickjs.kv (
   key text primary key check (length(key) between 1 and 512),
   value jsonb not null,
+  -- never a secret's: the value column is the one a secret's protection applies to
+  value_text text check (value_text is null or not secret),
   secret boolean not null default false,
   updated_at timestamptz not null default now()
 );
+comment on column quickjs.kv.value_text is
+  'The value''s JSON text as the task wrote it: jsonb sorts object keys, this keeps their order '
+  '(null: written by SQL; value then stands alone).';
 comment on table quickjs.kv is
   'Per-project key-value store for tasks (tools.kv). Secret values are kept out of the journal and logs.';
 

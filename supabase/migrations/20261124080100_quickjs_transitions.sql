@@ -40,6 +40,8 @@ create function quickjs.call_json(c quickjs.calls) returns jsonb language sql st
     'idempotencyKey', c.idempotency_key, 'wakeAt', c.wake_at, 'childRunId', c.child_run_id,
     'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at))
     || case when c.status = 'succeeded' then jsonb_build_object('result', c.result) else '{}' end
+    || case when c.status = 'succeeded' and c.result_text is not null
+         then jsonb_build_object('resultText', c.result_text) else '{}' end
 $$;
 comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
 
@@ -223,6 +225,21 @@ comment on function quickjs.runs_before_insert is
 create trigger runs_before_insert before insert on quickjs.runs
   for each row execute function quickjs.runs_before_insert();
 comment on trigger runs_before_insert on quickjs.runs is 'See quickjs.runs_before_insert().';
+
+-- A value changed by plain SQL (update quickjs.kv set value = …) must not be read back as the
+-- text of the one before it: the text goes unless the same statement wrote a new one.
+create function quickjs.kv_before_update() returns trigger language plpgsql as $$
+begin
+  if new.value is distinct from old.value and new.value_text is not distinct from old.value_text then
+    new.value_text := null;
+  end if;
+  return new;
+end $$;
+comment on function quickjs.kv_before_update is
+  'Trigger: drops value_text (the key order of a task''s value) when value changes without it.';
+create trigger kv_before_update before update on quickjs.kv
+  for each row execute function quickjs.kv_before_update();
+comment on trigger kv_before_update on quickjs.kv is 'See quickjs.kv_before_update().';
 
 -- ---- enqueue, claim, heartbeat ------------------------------------------------------------
 
@@ -426,7 +443,8 @@ comment on function quickjs.record_call is
 
 create function quickjs.settle_call(
   p_run_id uuid, p_token bigint, p_seq int, p_ok boolean, p_result jsonb default null,
-  p_error jsonb default null, p_logs jsonb default '[]', p_now timestamptz default now())
+  p_error jsonb default null, p_logs jsonb default '[]', p_now timestamptz default now(),
+  p_result_text text default null)
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
@@ -435,6 +453,7 @@ begin
   update quickjs.calls set
     status = case when p_ok then 'succeeded' else 'failed' end::quickjs.call_status,
     result = case when p_ok then coalesce(p_result, 'null') end,
+    result_text = case when p_ok then p_result_text end,
     error = case when p_ok then null else p_error end,
     completed_at = p_now
   where run_id = r.id and seq = p_seq and status not in ('succeeded', 'failed')
@@ -548,6 +567,7 @@ returns void language sql as $$
   update quickjs.calls set
     status = case when child.status = 'completed' then 'succeeded' else 'failed' end::quickjs.call_status,
     result = case when child.status = 'completed' then coalesce(child.result, 'null') end,
+    result_text = case when child.status = 'completed' then child.result_text end,
     error = case when child.status = 'completed' then null
       when child.status = 'cancelled' then jsonb_build_object('code', 'CHILD_CANCELLED',
         'name', 'ChildRunCancelled', 'message', format('child run %s (%s) was cancelled', child.id, child.task_name),
@@ -638,11 +658,13 @@ comment on function quickjs.suspend_run is
 
 create function quickjs.complete_run(
   p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
-  p_now timestamptz default now())
+  p_now timestamptz default now(), p_result_text text default null)
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
 begin
+  -- the text first: finish_run hands the row to the parent's call (settle_from_child)
+  update quickjs.runs set result_text = p_result_text where id = r.id returning * into r;
   r := quickjs.finish_run(r, 'completed', coalesce(p_result, 'null'), null, p_now);
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
   return quickjs.run_json(r);
@@ -793,10 +815,13 @@ create function quickjs.kv_get(p_key text) returns jsonb language sql stable as 
 $$;
 comment on function quickjs.kv_get is 'tools.kv.get: {found, value, secret}.';
 
-create function quickjs.kv_set(p_key text, p_value jsonb, p_secret boolean default false)
+create function quickjs.kv_set(
+  p_key text, p_value jsonb, p_secret boolean default false, p_value_text text default null)
 returns void language sql as $$
-  insert into quickjs.kv (key, value, secret) values (p_key, coalesce(p_value, 'null'), p_secret)
-  on conflict (key) do update set value = excluded.value, secret = excluded.secret, updated_at = now()
+  insert into quickjs.kv (key, value, secret, value_text)
+  values (p_key, coalesce(p_value, 'null'), p_secret, case when not p_secret then p_value_text end)
+  on conflict (key) do update set value = excluded.value, secret = excluded.secret,
+    value_text = excluded.value_text, updated_at = now()
 $$;
 comment on function quickjs.kv_set is 'tools.kv.set: stores a value, secret or not.';
 
@@ -814,33 +839,40 @@ comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key exist
 -- only a marker). p_args is what the journal keeps (a secret write's value redacted).
 create function quickjs.kv_call(
   p_run_id uuid, p_token bigint, p_seq int, p_op text, p_key text, p_value jsonb,
-  p_secret boolean, p_args jsonb, p_logs jsonb default '[]', p_now timestamptz default now())
+  p_secret boolean, p_args jsonb, p_logs jsonb default '[]', p_now timestamptz default now(),
+  p_value_text text default null)
 returns jsonb language plpgsql as $$
 declare
   v_call jsonb := quickjs.record_call(p_run_id, p_token, p_seq, 'kv', array[p_op], p_args,
     'inline', null, p_now);
   v_result jsonb;
+  -- a get's value as the task wrote it (key order), journaled with it (valueText: see kv)
+  v_text text;
   v_secret boolean := false;
   k quickjs.kv;
 begin
   if (v_call ->> 'replayed')::boolean
     and not (p_op = 'get' and v_call -> 'result' = '{"$secret": true}') then
     return jsonb_build_object('call', v_call, 'value', coalesce(v_call -> 'result', 'null'),
-      'secret', false);
+      'secret', false) || case when v_call ? 'resultText'
+        then jsonb_build_object('valueText', v_call -> 'resultText') else '{}' end;
   end if;
   if p_op = 'get' then
     select * into k from quickjs.kv where key = p_key;
     v_result := case when found then k.value else 'null' end;
+    v_text := k.value_text;
     v_secret := coalesce(k.secret, false);
   elsif p_op = 'set' then
-    perform quickjs.kv_set(p_key, p_value, p_secret);
+    perform quickjs.kv_set(p_key, p_value, p_secret, p_value_text);
     v_result := 'null';
   else
     v_result := to_jsonb(quickjs.kv_delete(p_key));
   end if;
   v_call := quickjs.settle_call(p_run_id, p_token, p_seq, true,
-    case when v_secret then '{"$secret": true}' else v_result end, null, p_logs, p_now);
-  return jsonb_build_object('call', v_call, 'value', v_result, 'secret', v_secret);
+    case when v_secret then '{"$secret": true}' else v_result end, null, p_logs, p_now,
+    case when not v_secret then v_text end);
+  return jsonb_build_object('call', v_call, 'value', v_result, 'secret', v_secret)
+    || case when v_text is not null then jsonb_build_object('valueText', v_text) else '{}' end;
 end $$;
 comment on function quickjs.kv_call is
   'tools.kv.get/set/delete for a run: fenced by its lease, journaled and applied in one '

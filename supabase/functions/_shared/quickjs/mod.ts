@@ -83,6 +83,7 @@ export {
   paramType,
   type SqlType,
 } from "./store/operations.ts";
+export { jsonbKeepsKeyOrder } from "./store/key_order.ts";
 export { postgresDriver } from "./store/postgres.ts";
 export { supabaseDriver } from "./store/supabase.ts";
 

@@ -88,6 +88,8 @@ export interface CallRecord {
   mode: "inline" | "durable";
   status: CallStatus;
   result?: Json;
+  /** The result as JSON text, keys in their order (the store reads it into result). */
+  resultText?: string;
   /** A settled call's error, or a retried call's last failed attempt's (pending, wakeAt). */
   error?: RunError & { data?: Json };
   /** Attempts sent: a service's retries, and sends again after a crash or a cut-off. */
@@ -205,6 +207,8 @@ export interface KvEntry {
 export interface KvCallResult {
   call: CallRecord;
   value: Json;
+  /** A get's value as JSON text in the order it was written (the store reads it into value). */
+  valueText?: string;
   secret: boolean;
 }
 

@@ -4,6 +4,7 @@
  */
 import { type ErrorCode, isErrorCode, QuickJsError } from "../errors.ts";
 import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
+import { orderedText, withOrderedResult } from "./key_order.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
@@ -69,6 +70,14 @@ export class Store {
 
   get description(): string {
     return `${this.driver.kind} (${this.driver.description})`;
+  }
+
+  /** An operation that returns a journal entry: its result read with its keys in order. */
+  async #calls<Op extends "record_call" | "start_child" | "settle_call" | "retry_call">(
+    op: Op,
+    args: OperationArgs<Op>,
+  ): Promise<CallRecord> {
+    return withOrderedResult(await this.#call(op, args) as CallRecord);
   }
 
   async #call<Op extends Operation>(
@@ -147,7 +156,11 @@ export class Store {
       p_run_id: claim.runId ?? null,
       p_now: claim.now,
     });
-    return rows.map(({ run, snapshot }) => ({ ...run, snapshot }));
+    return rows.map(({ run, snapshot }) => ({
+      ...run,
+      calls: run.calls.map(withOrderedResult),
+      snapshot,
+    }));
   }
 
   heartbeat(lease: Lease, leaseSeconds: number, now?: Date): Promise<{ leaseExpiresAt: string }> {
@@ -167,7 +180,7 @@ export class Store {
     mode: "inline" | "durable";
     wakeAt?: Date | null;
   }, now?: Date): Promise<CallRecord> {
-    return this.#call("record_call", {
+    return this.#calls("record_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: call.seq,
@@ -185,7 +198,7 @@ export class Store {
     child: { seq: number; task: string; input: Json; maxDepth?: number },
     now?: Date,
   ): Promise<CallRecord> {
-    return this.#call("start_child", {
+    return this.#calls("start_child", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: child.seq,
@@ -200,7 +213,7 @@ export class Store {
    * tools.kv for a run: fenced, journaled and applied in one transaction (quickjs.kv_call).
    * `args` is what the journal keeps; `value` what a set writes.
    */
-  kvCall(lease: Lease, call: {
+  async kvCall(lease: Lease, call: {
     seq: number;
     op: "get" | "set" | "delete";
     key: string;
@@ -209,7 +222,7 @@ export class Store {
     args: Json[];
     logs?: LogLine[];
   }, now?: Date): Promise<KvCallResult> {
-    return this.#call("kv_call", {
+    const done = await this.#call("kv_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: call.seq,
@@ -220,7 +233,15 @@ export class Store {
       p_args: call.args,
       p_logs: call.logs ?? [],
       p_now: now,
+      // a secret's text would be a second copy outside what protects the value
+      p_value_text: call.op === "set" && !call.secret ? orderedText(call.value) : null,
     });
+    const { valueText, ...rest } = done;
+    return {
+      ...rest,
+      call: withOrderedResult(done.call),
+      value: valueText === undefined ? done.value : JSON.parse(valueText),
+    };
   }
 
   settleCall(lease: Lease, settle: {
@@ -230,7 +251,7 @@ export class Store {
     error?: Json;
     logs?: LogLine[];
   }, now?: Date): Promise<CallRecord> {
-    return this.#call("settle_call", {
+    return this.#calls("settle_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: settle.seq,
@@ -239,6 +260,7 @@ export class Store {
       p_error: settle.ok ? null : settle.error ?? null,
       p_logs: settle.logs ?? [],
       p_now: now,
+      p_result_text: settle.ok ? orderedText(settle.result) : null,
     });
   }
 
@@ -249,7 +271,7 @@ export class Store {
     wakeAt: Date;
     logs?: LogLine[];
   }, now?: Date): Promise<CallRecord> {
-    return this.#call("retry_call", {
+    return this.#calls("retry_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: retry.seq,
@@ -302,6 +324,8 @@ export class Store {
       p_result: result,
       p_logs: logs,
       p_now: now,
+      // a parent gets its child's result with its keys in order (settle_from_child)
+      p_result_text: orderedText(result),
     });
   }
 
@@ -342,8 +366,8 @@ export class Store {
     });
   }
 
-  listCalls(runId: string): Promise<CallRecord[]> {
-    return this.#call("list_calls", { p_run_id: runId });
+  async listCalls(runId: string): Promise<CallRecord[]> {
+    return (await this.#call("list_calls", { p_run_id: runId })).map(withOrderedResult);
   }
 
   /** A run's snapshot bytes with what the database knows of them, or null. */
@@ -384,7 +408,12 @@ export class Store {
   }
 
   kvSet(key: string, value: Json, secret = false): Promise<void> {
-    return this.#call("kv_set", { p_key: key, p_value: value, p_secret: secret });
+    return this.#call("kv_set", {
+      p_key: key,
+      p_value: value,
+      p_secret: secret,
+      p_value_text: secret ? null : orderedText(value),
+    });
   }
 
   kvDelete(key: string): Promise<boolean> {
