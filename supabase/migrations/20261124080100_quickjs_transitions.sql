@@ -26,7 +26,9 @@ create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stab
     'waitingOn', r.waiting_on, 'parentRunId', r.parent_run_id, 'parentCallSeq', r.parent_call_seq,
     'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
     'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
-    'startedAt', r.started_at, 'finishedAt', r.finished_at))
+    'startedAt', r.started_at, 'finishedAt', r.finished_at,
+    -- the result's keys in the task's order (jsonb sorts them; the store reads this)
+    'resultText', case when r.status = 'completed' then r.result_text end))
     -- a completed run's result may be JSON null, and so may any input: keep those keys
     || case when r.status = 'completed' then jsonb_build_object('result', r.result) else '{}' end
     || jsonb_build_object('input', r.input)

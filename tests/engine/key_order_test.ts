@@ -45,6 +45,7 @@ test("an object stored through kv keeps its key order", async (db) => {
   const run = await runTaskToEnd(h, code, { key });
   assert.equal(run.status, "completed", JSON.stringify(run.error));
   check(run.result);
+  assert.deepEqual(Object.keys(run.result as object), ["want", "now", "later"], "a run's result");
   assert.ok(!jsonbKeepsKeyOrder(JSON.parse((run.result as { want: string }).want)));
 
   // the third driver: supabase-js through PostgREST (text arguments and fields survive it)
@@ -55,6 +56,7 @@ test("an object stored through kv keeps its key order", async (db) => {
   const viaRest = await runTaskToEnd(harness(store), code, { key: `${key}_rest` });
   assert.equal(viaRest.status, "completed", JSON.stringify(viaRest.error));
   check(viaRest.result);
+  assert.deepEqual(Object.keys(viaRest.result as object), ["want", "now", "later"]);
 
   // plain SQL that changes the value drops the text: the new value is read, not the old text
   await db.query(`update quickjs.kv set value = '{"b": 2, "a": 1}' where key = $1`, [key]);

@@ -38,3 +38,10 @@ export function withOrderedResult<T extends { result?: Json; resultText?: string
   const { resultText, ...rest } = row;
   return { ...rest, result: JSON.parse(resultText) } as T;
 }
+
+/** An operation's answer: a run or journal entry at its top has its result read in order. */
+export function readOrderedResult<T>(answer: T): T {
+  const row = answer as { resultText?: unknown } | null;
+  if (row === null || typeof row !== "object" || typeof row.resultText !== "string") return answer;
+  return withOrderedResult(row as { resultText: string }) as T;
+}

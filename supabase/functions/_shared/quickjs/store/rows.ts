@@ -37,6 +37,8 @@ export interface RunView {
   input: Json;
   result?: Json;
   error?: RunError;
+  /** SQL and PostgREST readers: the result's JSON text, keys in order (the store reads it). */
+  resultText?: string;
   /** The run's attempt: 1, plus one per restart from its input by the task's @retry. */
   attempts: number;
   /** Invocations (claims) so far, of every attempt. */

@@ -4,7 +4,7 @@
  */
 import { type ErrorCode, isErrorCode, QuickJsError } from "../errors.ts";
 import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
-import { orderedText, withOrderedResult } from "./key_order.ts";
+import { orderedText, readOrderedResult, withOrderedResult } from "./key_order.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
@@ -86,7 +86,8 @@ export class Store {
   ): Promise<OperationResult<Op>> {
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.driver.call(op, args);
+        // a run or journal entry whose result jsonb would reorder comes with its text
+        return readOrderedResult(await this.driver.call(op, args));
       } catch (e) {
         // Every operation is one transaction, so one that lost a deadlock or a
         // serialization race changed nothing and can simply run again.
