@@ -27,9 +27,12 @@ export function jsonbKeepsKeyOrder(value: Json | undefined): boolean {
   return keys.every((k) => jsonbKeepsKeyOrder(value[k]));
 }
 
-/** The JSON text to store beside a jsonb value, or null when jsonb keeps it as it is. */
-export function orderedText(value: Json | undefined): string | null {
-  return jsonbKeepsKeyOrder(value) ? null : JSON.stringify(value);
+/**
+ * The JSON text to store beside a jsonb value; undefined (the parameter is left out) when
+ * jsonb keeps the value as it is, nearly always.
+ */
+export function orderedText(value: Json | undefined): string | undefined {
+  return jsonbKeepsKeyOrder(value) ? undefined : JSON.stringify(value);
 }
 
 /** A journal entry with its result read from the text that kept its key order. */

@@ -235,7 +235,7 @@ export class Store {
       p_logs: call.logs ?? [],
       p_now: now,
       // a secret's text would be a second copy outside what protects the value
-      p_value_text: call.op === "set" && !call.secret ? orderedText(call.value) : null,
+      p_value_text: call.op === "set" && !call.secret ? orderedText(call.value) : undefined,
     });
     const { valueText, ...rest } = done;
     return {
@@ -261,7 +261,7 @@ export class Store {
       p_error: settle.ok ? null : settle.error ?? null,
       p_logs: settle.logs ?? [],
       p_now: now,
-      p_result_text: settle.ok ? orderedText(settle.result) : null,
+      p_result_text: settle.ok ? orderedText(settle.result) : undefined,
     });
   }
 
@@ -413,7 +413,7 @@ export class Store {
       p_key: key,
       p_value: value,
       p_secret: secret,
-      p_value_text: secret ? null : orderedText(value),
+      p_value_text: secret ? undefined : orderedText(value),
     });
   }
 
