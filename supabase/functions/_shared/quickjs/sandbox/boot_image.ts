@@ -9,7 +9,7 @@
  * is paid once per process, not per VM. The handles the host keeps (the prelude's
  * internals) are rebuilt at the addresses the boot image recorded.
  */
-import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten-core";
 import { PRELUDE_SOURCE } from "./prelude.ts";
 import { InterruptWatch } from "./limits.ts";
 import {
