@@ -165,7 +165,8 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
     ...fields([
       ["task", `${run.task} v${run.taskVersion}`],
       ["status", run.status],
-      ["attempts", String(run.attempts)],
+      ["attempt", String(run.attempts)],
+      ["invocations", String(run.invocations ?? 0)],
       ["suspensions", String(run.suspensions)],
       ["wake at", when(run.wakeAt, now)],
       ["waiting on", waiting],
@@ -181,8 +182,26 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
       ["updated", when(run.updatedAt, now)],
       ["finished", when(run.finishedAt, now)],
     ], "  "),
+  );
+  // the attempts a task-level @retry ended: each one's error (their journals are kept in
+  // quickjs.run_attempts.calls; the journal below is the current attempt's)
+  if (run.previousAttempts?.length) {
+    out.push("", `previous attempts (${run.previousAttempts.length})`);
+    out.push(...table(
+      ["attempt", "invocations", "calls", "ended", "error"],
+      run.previousAttempts.map((a) => [
+        String(a.attempt),
+        String(a.invocations),
+        String(a.calls),
+        when(a.endedAt, now) ?? "",
+        `${a.error.code}: ${a.error.message}`,
+      ]),
+      "  ",
+    ));
+  }
+  out.push(
     "",
-    `journal (${calls.length} call${calls.length === 1 ? "" : "s"})`,
+    `journal of attempt ${run.attempts} (${calls.length} call${calls.length === 1 ? "" : "s"})`,
   );
   if (calls.length) {
     out.push(...table(
@@ -246,7 +265,12 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
       : `logs (${logs.length})`,
   );
   const levelWidth = Math.max(0, ...logs.map((l) => l.level.length));
-  for (const l of logs) out.push(`  ${l.at}  ${l.level.padEnd(levelWidth)}  ${l.message}`);
+  // a.i: the attempt and invocation that wrote the line
+  const origin = (l: RunReport["logs"][number]) =>
+    l.attempt === undefined ? "" : `${l.attempt}.${l.invocation ?? "?"}  `;
+  for (const l of logs) {
+    out.push(`  ${l.at}  ${origin(l)}${l.level.padEnd(levelWidth)}  ${l.message}`);
+  }
   return out;
 }
 

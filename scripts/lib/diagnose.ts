@@ -84,7 +84,7 @@ export interface RunReport {
   calls: CallSummary[];
   snapshot: SnapshotSummary | null;
   /** The last log lines, oldest first. */
-  logs: { at: string; attempt?: number; level: string; message: string }[];
+  logs: { at: string; attempt?: number; invocation?: number; level: string; message: string }[];
   /** Log lines read: one more than shown when there are earlier ones. */
   logCount: number;
 }
@@ -115,6 +115,7 @@ export async function inspectRun(
     logs: logs.slice(logs.length - keep).map((l) => ({
       at: String(l.at),
       ...(l.attempt !== undefined ? { attempt: l.attempt } : {}),
+      ...(typeof l.invocation === "number" ? { invocation: l.invocation } : {}),
       level: l.level,
       message: l.message,
     })),

@@ -46,6 +46,9 @@ create table quickjs.task_versions (
   code_sha256 text not null,
   limits jsonb not null default '{}' check (jsonb_typeof(limits) = 'object'),
   allowed_tools text[],
+  retry jsonb check (retry is null or (jsonb_typeof(retry) = 'object'
+    and (retry ->> 'attempts')::int between 1 and 25
+    and coalesce((retry ->> 'backoffMs')::bigint, 0) between 0 and 86400000)),
   created_at timestamptz not null default now(),
   primary key (task_id, version)
 );
@@ -53,6 +56,9 @@ comment on table quickjs.task_versions is
   'Immutable code of each task version. A run pins the version it was created with.';
 comment on column quickjs.task_versions.allowed_tools is
   'Services the task may call (null: all); names like kv, http, tasks, or a registered service.';
+comment on column quickjs.task_versions.retry is
+  'The task''s @retry: {attempts, backoffMs, multiplier}; a run that fails is started again from '
+  'its input, as a new attempt, until attempts are spent (null: one attempt).';
 
 create table quickjs.runs (
   id uuid primary key default gen_random_uuid(),
@@ -62,8 +68,10 @@ create table quickjs.runs (
   status quickjs.run_status not null default 'queued',
   input jsonb not null default 'null',
   result jsonb,
+  result_text text,
   error jsonb,
-  attempts int not null default 0,
+  attempts int not null default 1,
+  invocations int not null default 0,
   lease_owner text,
   lease_expires_at timestamptz,
   fencing_token bigint,
@@ -94,7 +102,15 @@ create table quickjs.runs (
 comment on table quickjs.runs is
   'One execution of a task. A suspended run always has a way to wake: wake_at, a child run, or '
   'an asynchronous call''s completion or deadline.';
-comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
+comment on column quickjs.runs.attempts is
+  'The run''s attempt: 1, plus one for each restart from its input by the task''s @retry.';
+comment on column quickjs.runs.invocations is
+  'Claims so far: how many invocations (of any attempt) have worked on the run.';
+comment on column quickjs.runs.result_text is
+  'The result''s JSON text as the task returned it, object keys in their order (jsonb sorts them); '
+  'a parent gets its child''s result from it.';
+comment on column quickjs.runs.started_at is
+  'When the current attempt''s first invocation began (earlier attempts: run_attempts.started_at).';
 comment on column quickjs.runs.lease_expirations is
   'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
 comment on column quickjs.runs.root_run_id is
@@ -131,6 +147,7 @@ create table quickjs.calls (
   mode text not null check (mode in ('inline', 'durable')),
   status quickjs.call_status not null default 'pending',
   result jsonb,
+  result_text text check (result_text is null or result is not null),
   error jsonb,
   attempts int not null default 0,
   idempotency_key text not null,
@@ -159,6 +176,9 @@ comment on column quickjs.calls.deadline_at is
 create index calls_deadline on quickjs.calls (deadline_at)
   where deadline_at is not null and completed_at is null;
 comment on index quickjs.calls_deadline is 'The asynchronous calls still waiting, by deadline.';
+comment on column quickjs.calls.result_text is
+  'The result''s JSON text, object keys in the order the tool or child gave them (jsonb sorts '
+  'them): what a replay delivers.';
 
 create table quickjs.snapshots (
   run_id uuid primary key references quickjs.runs (id) on delete cascade,
@@ -188,6 +208,7 @@ create table quickjs.run_logs (
   id bigint generated always as identity primary key,
   run_id uuid not null references quickjs.runs (id) on delete cascade,
   attempt int not null,
+  invocation int,
   level text not null check (level in ('log', 'info', 'warn', 'error', 'debug', 'system')),
   message text not null,
   logged_at timestamptz not null
@@ -195,13 +216,34 @@ create table quickjs.run_logs (
 create index run_logs_run on quickjs.run_logs (run_id, id);
 comment on index quickjs.run_logs_run is 'A run''s log lines in order (get_run reads the last ones).';
 comment on table quickjs.run_logs is 'console output of runs (level system: the executor''s own notes).';
+comment on column quickjs.run_logs.attempt is 'The run''s attempt the line belongs to (runs.attempts).';
+comment on column quickjs.run_logs.invocation is 'The invocation that wrote the line (runs.invocations).';
+
+create table quickjs.run_attempts (
+  run_id uuid not null references quickjs.runs (id) on delete cascade,
+  attempt int not null,
+  error jsonb not null,
+  calls jsonb not null default '[]',
+  invocations int not null,
+  started_at timestamptz,
+  ended_at timestamptz not null,
+  primary key (run_id, attempt)
+);
+comment on table quickjs.run_attempts is
+  'Earlier attempts of runs restarted by their task''s @retry: the error each ended with and its '
+  'journal (kept, never replayed: the next attempt starts a fresh journal).';
 
 create table quickjs.kv (
   key text primary key check (length(key) between 1 and 512),
   value jsonb not null,
+  -- never a secret's: the value column is the one a secret's protection applies to
+  value_text text check (value_text is null or not secret),
   secret boolean not null default false,
   updated_at timestamptz not null default now()
 );
+comment on column quickjs.kv.value_text is
+  'The value''s JSON text as the task wrote it: jsonb sorts object keys, this keeps their order '
+  '(null: written by SQL; value then stands alone).';
 comment on table quickjs.kv is
   'Per-project key-value store for tasks (tools.kv). Secret values are kept out of the journal and logs.';
 
@@ -215,6 +257,7 @@ create table quickjs.services (
   -- 1 s .. 30 days
   completion_timeout_ms bigint not null default 86400000
     check (completion_timeout_ms between 1000 and 2592000000),
+  retry jsonb check (retry is null or jsonb_typeof(retry) = 'object'),
   description text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
@@ -226,6 +269,9 @@ comment on column quickjs.services.completion is
   'acknowledges; the result comes later through quickjs.complete_call().';
 comment on column quickjs.services.completion_timeout_ms is
   'async: how long after the call was sent its completion may come; then CALL_TIMEOUT.';
+comment on column quickjs.services.retry is
+  'Retry policy of the service''s calls (null: one attempt): {attempts, initialDelayMs, '
+  'maxDelayMs, multiplier, jitter, codes}; see README "Retries".';
 
 create table quickjs.settings (
   key text primary key,
@@ -247,6 +293,7 @@ alter table quickjs.runs enable row level security;
 alter table quickjs.calls enable row level security;
 alter table quickjs.snapshots enable row level security;
 alter table quickjs.run_logs enable row level security;
+alter table quickjs.run_attempts enable row level security;
 alter table quickjs.kv enable row level security;
 alter table quickjs.services enable row level security;
 alter table quickjs.settings enable row level security;

@@ -20,12 +20,15 @@ create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stab
   select quickjs.strip_top_nulls(jsonb_build_object(
     'id', r.id, 'task', r.task_name, 'taskId', r.task_id, 'taskVersion', r.task_version,
     'status', r.status, 'input', r.input, 'result', r.result, 'error', r.error,
-    'attempts', r.attempts, 'suspensions', r.suspensions, 'wakeAt', r.wake_at,
+    'attempts', r.attempts, 'invocations', r.invocations, 'suspensions', r.suspensions,
+    'wakeAt', r.wake_at,
     'leaseExpirations', r.lease_expirations,
     'waitingOn', r.waiting_on, 'parentRunId', r.parent_run_id, 'parentCallSeq', r.parent_call_seq,
     'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
     'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
-    'startedAt', r.started_at, 'finishedAt', r.finished_at))
+    'startedAt', r.started_at, 'finishedAt', r.finished_at,
+    -- the result's keys in the task's order (jsonb sorts them; the store reads this)
+    'resultText', case when r.status = 'completed' then r.result_text end))
     -- a completed run's result may be JSON null, and so may any input: keep those keys
     || case when r.status = 'completed' then jsonb_build_object('result', r.result) else '{}' end
     || jsonb_build_object('input', r.input)
@@ -43,6 +46,8 @@ create function quickjs.call_json(c quickjs.calls) returns jsonb language sql st
     'awaiting', case when c.completion_sent_at is not null and c.completed_at is null
                      then true end))
     || case when c.status = 'succeeded' then jsonb_build_object('result', c.result) else '{}' end
+    || case when c.status = 'succeeded' and c.result_text is not null
+         then jsonb_build_object('resultText', c.result_text) else '{}' end
 $$;
 comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
 
@@ -69,8 +74,9 @@ comment on function quickjs.lock_leased_run is 'Fencing: refuses a worker whose 
 
 create function quickjs.append_logs(p_run_id uuid, p_attempt int, p_logs jsonb) returns void
 language sql as $$
-  insert into quickjs.run_logs (run_id, attempt, level, message, logged_at)
-  select p_run_id, p_attempt, coalesce(l ->> 'level', 'log'), coalesce(l ->> 'message', ''),
+  insert into quickjs.run_logs (run_id, attempt, invocation, level, message, logged_at)
+  select p_run_id, p_attempt, (select invocations from quickjs.runs where id = p_run_id),
+         coalesce(l ->> 'level', 'log'), coalesce(l ->> 'message', ''),
          coalesce(to_timestamp((l ->> 'at')::double precision / 1000), now())
   from jsonb_array_elements(coalesce(p_logs, '[]')) as l
 $$;
@@ -181,7 +187,7 @@ comment on function quickjs.wake_run is 'Queues a suspended run now (null if it 
 
 create function quickjs.publish_task(
   p_name text, p_code text, p_description text default null, p_limits jsonb default '{}',
-  p_allowed_tools text[] default null)
+  p_allowed_tools text[] default null, p_retry jsonb default null)
 returns jsonb language plpgsql as $$
 declare
   t quickjs.tasks;
@@ -195,9 +201,11 @@ begin
   returning * into t;
   select * into v from quickjs.task_versions where task_id = t.id and version = t.latest_version;
   if not found or v.code_sha256 <> v_sha or v.limits <> coalesce(p_limits, '{}')
-     or v.allowed_tools is distinct from p_allowed_tools then
-    insert into quickjs.task_versions (task_id, version, code, code_sha256, limits, allowed_tools)
-    values (t.id, t.latest_version + 1, p_code, v_sha, coalesce(p_limits, '{}'), p_allowed_tools)
+     or v.allowed_tools is distinct from p_allowed_tools or v.retry is distinct from p_retry then
+    insert into quickjs.task_versions (task_id, version, code, code_sha256, limits, allowed_tools,
+                                       retry)
+    values (t.id, t.latest_version + 1, p_code, v_sha, coalesce(p_limits, '{}'), p_allowed_tools,
+            p_retry)
     returning * into v;
     update quickjs.tasks set latest_version = v.version, updated_at = now() where id = t.id;
     v_changed := true;
@@ -206,7 +214,7 @@ begin
     'changed', v_changed, 'codeSha256', v.code_sha256);
 end $$;
 comment on function quickjs.publish_task is
-  'Creates or updates a task; a new version only when code, limits or allowed tools change.';
+  'Creates or updates a task; a new version only when code, limits, allowed tools or retry change.';
 
 -- Fills in the task of a run inserted by plain SQL: insert into quickjs.runs (task_name, input).
 create function quickjs.runs_before_insert() returns trigger language plpgsql as $$
@@ -223,6 +231,21 @@ comment on function quickjs.runs_before_insert is
 create trigger runs_before_insert before insert on quickjs.runs
   for each row execute function quickjs.runs_before_insert();
 comment on trigger runs_before_insert on quickjs.runs is 'See quickjs.runs_before_insert().';
+
+-- A value changed by plain SQL (update quickjs.kv set value = …) must not be read back as the
+-- text of the one before it: the text goes unless the same statement wrote a new one.
+create function quickjs.kv_before_update() returns trigger language plpgsql as $$
+begin
+  if new.value is distinct from old.value and new.value_text is not distinct from old.value_text then
+    new.value_text := null;
+  end if;
+  return new;
+end $$;
+comment on function quickjs.kv_before_update is
+  'Trigger: drops value_text (the key order of a task''s value) when value changes without it.';
+create trigger kv_before_update before update on quickjs.kv
+  for each row execute function quickjs.kv_before_update();
+comment on trigger kv_before_update on quickjs.kv is 'See quickjs.kv_before_update().';
 
 -- ---- enqueue, claim, heartbeat ------------------------------------------------------------
 
@@ -328,7 +351,7 @@ begin
     update quickjs.runs r set
       status = 'running', lease_owner = p_worker,
       lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
-      fencing_token = nextval('quickjs.fencing_tokens'), attempts = r.attempts + 1,
+      fencing_token = nextval('quickjs.fencing_tokens'), invocations = r.invocations + 1,
       started_at = coalesce(r.started_at, p_now), wake_at = null, updated_at = p_now
     from picked where r.id = picked.id
     returning r.*
@@ -367,7 +390,9 @@ create function quickjs.claim_seq(
 language plpgsql as $$
 begin
   select * into journaled from quickjs.calls where run_id = r.id and seq = p_seq for update;
-  new_key := r.id || ':' || p_seq;
+  -- a later attempt of the run (@retry) makes new calls: keys of their own, or a service that
+  -- deduplicates would answer them with the failed attempt's results
+  new_key := r.id || ':' || p_seq || case when r.attempts > 1 then ':a' || r.attempts else '' end;
   if not found then
     journaled := null;
   elsif journaled.service <> p_service or journaled.method_path <> p_method_path
@@ -399,6 +424,11 @@ begin
     if c.status in ('succeeded', 'failed') then
       return quickjs.call_json(c) || '{"replayed": true}';
     end if;
+    if c.status = 'pending' and c.error is not null and c.wake_at > p_now then
+      -- a failed attempt waiting for its retry (retry_call): not due yet, so not started
+      -- (a worker that crashed during the backoff must not send the next attempt early)
+      return quickjs.call_json(c) || '{"replayed": false}';
+    end if;
     if p_mode = 'inline' then
       -- in flight when a worker died, or cut off by a suspension: run it again, same key
       update quickjs.calls set status = 'started', mode = 'inline', attempts = attempts + 1,
@@ -423,7 +453,8 @@ comment on function quickjs.record_call is
 
 create function quickjs.settle_call(
   p_run_id uuid, p_token bigint, p_seq int, p_ok boolean, p_result jsonb default null,
-  p_error jsonb default null, p_logs jsonb default '[]', p_now timestamptz default now())
+  p_error jsonb default null, p_logs jsonb default '[]', p_now timestamptz default now(),
+  p_result_text text default null)
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
@@ -432,6 +463,7 @@ begin
   update quickjs.calls set
     status = case when p_ok then 'succeeded' else 'failed' end::quickjs.call_status,
     result = case when p_ok then coalesce(p_result, 'null') end,
+    result_text = case when p_ok then p_result_text end,
     error = case when p_ok then null else p_error end,
     completed_at = p_now
   where run_id = r.id and seq = p_seq and status not in ('succeeded', 'failed')
@@ -446,6 +478,34 @@ begin
   return quickjs.call_json(c);
 end $$;
 comment on function quickjs.settle_call is 'Records a call''s outcome (once; later settles keep the first).';
+
+-- A failed attempt of a call with a retry policy: the call goes back to pending with the
+-- attempt's error and the next attempt's due time (wake_at), in one fenced transaction, so a
+-- crash during the backoff neither repeats the failed attempt nor forgets it: the next
+-- record_call starts attempt attempts + 1 with the same idempotency key.
+create function quickjs.retry_call(
+  p_run_id uuid, p_token bigint, p_seq int, p_error jsonb, p_wake_at timestamptz,
+  p_logs jsonb default '[]', p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  update quickjs.calls set status = 'pending', error = p_error, wake_at = p_wake_at
+  where run_id = r.id and seq = p_seq and status = 'started'
+  returning * into c;
+  if not found then
+    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+    if not found then
+      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
+    end if;
+  end if;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  return quickjs.call_json(c);
+end $$;
+comment on function quickjs.retry_call is
+  'A call''s attempt failed and will be retried at p_wake_at: pending again, its last error kept, '
+  'attempts unchanged (the next record_call counts the next attempt).';
 
 create function quickjs.append_run_logs(p_run_id uuid, p_token bigint, p_logs jsonb)
 returns void language plpgsql as $$
@@ -666,6 +726,7 @@ returns void language sql as $$
   update quickjs.calls set
     status = case when child.status = 'completed' then 'succeeded' else 'failed' end::quickjs.call_status,
     result = case when child.status = 'completed' then coalesce(child.result, 'null') end,
+    result_text = case when child.status = 'completed' then child.result_text end,
     error = case when child.status = 'completed' then null
       when child.status = 'cancelled' then jsonb_build_object('code', 'CHILD_CANCELLED',
         'name', 'ChildRunCancelled', 'message', format('child run %s (%s) was cancelled', child.id, child.task_name),
@@ -756,16 +817,60 @@ comment on function quickjs.suspend_run is
 
 create function quickjs.complete_run(
   p_run_id uuid, p_token bigint, p_result jsonb, p_logs jsonb default '[]',
-  p_now timestamptz default now())
+  p_now timestamptz default now(), p_result_text text default null)
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
 begin
+  -- the text first: finish_run hands the row to the parent's call (settle_from_child)
+  update quickjs.runs set result_text = p_result_text where id = r.id returning * into r;
   r := quickjs.finish_run(r, 'completed', coalesce(p_result, 'null'), null, p_now);
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
   return quickjs.run_json(r);
 end $$;
 comment on function quickjs.complete_run is 'Final: stores the result, drops the snapshot, wakes the parent.';
+
+-- A task-level retry (@retry): the failed attempt's error and journal move to run_attempts,
+-- and the run is queued again, from its input, as attempt n + 1 after the backoff
+-- (backoffMs × multiplier^(n-1)). Its snapshot is dropped (the next attempt is a fresh VM)
+-- and its unfinished children are cancelled (their results belonged to the old attempt).
+-- The caller holds the run's row lock.
+create function quickjs.restart_run(
+  r quickjs.runs, p_error jsonb, p_retry jsonb, p_now timestamptz)
+returns quickjs.runs language plpgsql as $$
+declare
+  v_delay_ms double precision := coalesce((p_retry ->> 'backoffMs')::double precision, 0)
+    * power(coalesce((p_retry ->> 'multiplier')::double precision, 1), r.attempts - 1);
+  child_id uuid;
+begin
+  insert into quickjs.run_attempts (run_id, attempt, error, calls, invocations, started_at,
+                                    ended_at)
+  values (r.id, r.attempts, p_error, coalesce((
+    select jsonb_agg(quickjs.call_json(c) order by c.seq) from quickjs.calls c
+    where c.run_id = r.id), '[]'), r.invocations, r.started_at, p_now)
+  on conflict (run_id, attempt) do nothing;
+  delete from quickjs.calls where run_id = r.id;
+  delete from quickjs.snapshots where run_id = r.id;
+  for child_id in
+    select id from quickjs.runs where parent_run_id = r.id
+      and status not in ('completed', 'failed', 'cancelled')
+  loop
+    perform quickjs.cancel_run(child_id, 'the parent run''s attempt failed', null, p_now);
+  end loop;
+  update quickjs.runs set status = 'queued', attempts = r.attempts + 1, error = p_error,
+    run_at = p_now + make_interval(secs => least(v_delay_ms, 86400000) / 1000),
+    lease_owner = null, lease_expires_at = null, wake_at = null, waiting_on = null,
+    -- started_at: the next claim stamps the new attempt's start (run_attempts keeps this one's)
+    lease_expirations = 0, started_at = null, updated_at = p_now
+  where id = r.id returning * into r;
+  perform quickjs.system_log(r, format('attempt %s failed (%s); attempt %s of %s at %s',
+    r.attempts - 1, coalesce(p_error ->> 'code', 'error'), r.attempts, p_retry ->> 'attempts',
+    to_char(r.run_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')), p_now);
+  return r;
+end $$;
+comment on function quickjs.restart_run is
+  'Task-level retry: keeps the failed attempt in run_attempts and queues the run again from its '
+  'input as the next attempt, after the @retry backoff.';
 
 create function quickjs.fail_run(
   p_run_id uuid, p_token bigint, p_error jsonb, p_logs jsonb default '[]',
@@ -773,12 +878,23 @@ create function quickjs.fail_run(
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  v_retry jsonb;
 begin
-  r := quickjs.finish_run(r, 'failed', null, p_error, p_now);
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  select v.retry into v_retry from quickjs.task_versions v
+  where v.task_id = r.task_id and v.version = r.task_version;
+  if v_retry is not null and r.attempts < (v_retry ->> 'attempts')::int
+     and coalesce(p_error ->> 'code', '') not in ('TASK_SYNTAX', 'TASK_INVALID', 'TASK_NO_ENTRY',
+       'SNAPSHOT_INCOMPATIBLE', 'SNAPSHOT_CORRUPT') then
+    r := quickjs.restart_run(r, p_error, v_retry, p_now);
+  else
+    r := quickjs.finish_run(r, 'failed', null, p_error, p_now);
+  end if;
   return quickjs.run_json(r);
 end $$;
-comment on function quickjs.fail_run is 'Final: stores the error, drops the snapshot, wakes the parent.';
+comment on function quickjs.fail_run is
+  'The run failed: final (stores the error, drops the snapshot, wakes the parent), or, with '
+  'attempts of its task''s @retry left, started again from its input (restart_run).';
 
 create function quickjs.cancel_run(
   p_run_id uuid, p_reason text default null, p_owner_id uuid default null,
@@ -818,9 +934,15 @@ create function quickjs.get_run(
 returns jsonb language sql stable as $$
   select quickjs.run_json(r) || jsonb_build_object('logs', coalesce((
     select jsonb_agg(jsonb_build_object('level', l.level, 'message', l.message,
-      'at', l.logged_at, 'attempt', l.attempt) order by l.id)
+      'at', l.logged_at, 'attempt', l.attempt, 'invocation', l.invocation) order by l.id)
     from (select * from quickjs.run_logs where run_id = r.id order by id desc limit p_log_limit) l),
     '[]'))
+    -- the attempts a task-level @retry ended (their journals are in run_attempts.calls)
+    || coalesce((select jsonb_build_object('previousAttempts', jsonb_agg(jsonb_build_object(
+         'attempt', a.attempt, 'error', a.error, 'invocations', a.invocations,
+         'calls', jsonb_array_length(a.calls), 'startedAt', a.started_at, 'endedAt', a.ended_at)
+         order by a.attempt))
+       from quickjs.run_attempts a where a.run_id = r.id having count(*) > 0), '{}')
   from quickjs.runs r
   where r.id = p_run_id and (p_owner_id is null or r.owner_id = p_owner_id)
 $$;
@@ -852,10 +974,13 @@ create function quickjs.kv_get(p_key text) returns jsonb language sql stable as 
 $$;
 comment on function quickjs.kv_get is 'tools.kv.get: {found, value, secret}.';
 
-create function quickjs.kv_set(p_key text, p_value jsonb, p_secret boolean default false)
+create function quickjs.kv_set(
+  p_key text, p_value jsonb, p_secret boolean default false, p_value_text text default null)
 returns void language sql as $$
-  insert into quickjs.kv (key, value, secret) values (p_key, coalesce(p_value, 'null'), p_secret)
-  on conflict (key) do update set value = excluded.value, secret = excluded.secret, updated_at = now()
+  insert into quickjs.kv (key, value, secret, value_text)
+  values (p_key, coalesce(p_value, 'null'), p_secret, case when not p_secret then p_value_text end)
+  on conflict (key) do update set value = excluded.value, secret = excluded.secret,
+    value_text = excluded.value_text, updated_at = now()
 $$;
 comment on function quickjs.kv_set is 'tools.kv.set: stores a value, secret or not.';
 
@@ -873,41 +998,49 @@ comment on function quickjs.kv_delete is 'tools.kv.delete: true if the key exist
 -- only a marker). p_args is what the journal keeps (a secret write's value redacted).
 create function quickjs.kv_call(
   p_run_id uuid, p_token bigint, p_seq int, p_op text, p_key text, p_value jsonb,
-  p_secret boolean, p_args jsonb, p_logs jsonb default '[]', p_now timestamptz default now())
+  p_secret boolean, p_args jsonb, p_logs jsonb default '[]', p_now timestamptz default now(),
+  p_value_text text default null)
 returns jsonb language plpgsql as $$
 declare
   v_call jsonb := quickjs.record_call(p_run_id, p_token, p_seq, 'kv', array[p_op], p_args,
     'inline', null, p_now);
   v_result jsonb;
+  -- a get's value as the task wrote it (key order), journaled with it (valueText: see kv)
+  v_text text;
   v_secret boolean := false;
   k quickjs.kv;
 begin
   if (v_call ->> 'replayed')::boolean
     and not (p_op = 'get' and v_call -> 'result' = '{"$secret": true}') then
     return jsonb_build_object('call', v_call, 'value', coalesce(v_call -> 'result', 'null'),
-      'secret', false);
+      'secret', false) || case when v_call ? 'resultText'
+        then jsonb_build_object('valueText', v_call -> 'resultText') else '{}' end;
   end if;
   if p_op = 'get' then
     select * into k from quickjs.kv where key = p_key;
     v_result := case when found then k.value else 'null' end;
+    v_text := k.value_text;
     v_secret := coalesce(k.secret, false);
   elsif p_op = 'set' then
-    perform quickjs.kv_set(p_key, p_value, p_secret);
+    perform quickjs.kv_set(p_key, p_value, p_secret, p_value_text);
     v_result := 'null';
   else
     v_result := to_jsonb(quickjs.kv_delete(p_key));
   end if;
   v_call := quickjs.settle_call(p_run_id, p_token, p_seq, true,
-    case when v_secret then '{"$secret": true}' else v_result end, null, p_logs, p_now);
-  return jsonb_build_object('call', v_call, 'value', v_result, 'secret', v_secret);
+    case when v_secret then '{"$secret": true}' else v_result end, null, p_logs, p_now,
+    case when not v_secret then v_text end);
+  return jsonb_build_object('call', v_call, 'value', v_result, 'secret', v_secret)
+    || case when v_text is not null then jsonb_build_object('valueText', v_text) else '{}' end;
 end $$;
 comment on function quickjs.kv_call is
   'tools.kv.get/set/delete for a run: fenced by its lease, journaled and applied in one '
   'transaction, so a stale worker changes nothing and each call takes effect once.';
 
 create function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
-  select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms,
-    'completion', completion, 'completionTimeoutMs', completion_timeout_ms)
+  select quickjs.strip_top_nulls(jsonb_build_object('name', name, 'url', url,
+    'headers', headers, 'timeoutMs', timeout_ms, 'retry', retry,
+    'completion', completion, 'completionTimeoutMs', completion_timeout_ms))
   from quickjs.services where name = p_name
 $$;
 comment on function quickjs.get_service is 'The registered external service of that name, or null.';

@@ -26,6 +26,7 @@ const { test } = testGroup("migrations");
 const TABLES = [
   "calls",
   "kv",
+  "run_attempts",
   "run_logs",
   "runs",
   "services",

@@ -251,7 +251,7 @@ test("a run whose worker vanished five times fails with RUN_LEASE_EXPIRED and it
   let t = 10;
   for (let i = 1; i <= 5; i++) {
     const claimed = await claimOne(store, childId, at(t), { worker: `vanishing-${i}` });
-    assert.equal(claimed.attempts, i);
+    assert.equal(claimed.invocations, i);
     t += 31;
   }
   assert.equal((await runRow(db, childId)).status, "running", "four expirations are retried");
@@ -261,7 +261,8 @@ test("a run whose worker vanished five times fails with RUN_LEASE_EXPIRED and it
   assert.equal(child?.status, "failed");
   assert.equal(child?.error?.code, "RUN_LEASE_EXPIRED");
   assert.match(child?.error?.message ?? "", /5 times/);
-  assert.equal(child?.attempts, 5);
+  assert.equal(child?.invocations, 5);
+  assert.equal(child?.attempts, 1, "lost leases are invocations, not attempts");
   assert.equal((await runRow(db, childId)).lease_expirations, 5);
   assert.equal(
     child?.logs?.filter((l) => l.level === "system" && /expired/.test(l.message)).length,

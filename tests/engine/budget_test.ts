@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
 import { harness, runTaskToEnd, runToEnd, startTask } from "../support/engine_harness.ts";
 import { callOf, deferred, invokeOnce, logsOf, never, pause } from "../support/engine_scenarios.ts";
-import type { ToolCallContext } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { IsolateLife, type ToolCallContext } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = dbTests("engine_budget");
 
@@ -122,11 +122,17 @@ test("a call still running when the wall budget runs out runs again with the sam
 
 test("a call whose timeout is longer than the wall budget left is deferred to the next invocation", async (db) => {
   let invoked = 0;
-  const h = harness(db.store, {
+  const options = {
     budget: { wallMs: 10_000 },
-    tools: { customTimeoutMs: 60_000 },
+    // shorter than a fresh invocation's 10 s (a longer one is refused: TIMEOUT_OVER_BUDGET)
+    tools: { customTimeoutMs: 8_000 },
     custom: { report: () => ++invoked },
+  };
+  // a worker with 5 s of its life left: the call does not fit in this invocation
+  const aged = new IsolateLife({ wallMs: 30_000, wallMarginMs: 0 }, {
+    startedAt: performance.now() - 25_000,
   });
+  const h = harness(db.store, { ...options, isolate: aged });
   const id = await startTask(
     h,
     `export default async function () { return await tools.report.build(); }`,
@@ -139,11 +145,13 @@ test("a call whose timeout is longer than the wall budget left is deferred to th
   assert.equal(parked.status, "pending");
   assert.equal(parked.attempts, 0);
 
-  const run = await runToEnd(h, id);
+  // a fresh worker has the whole 10 s
+  const next = harness(db.store, options);
+  const run = await runToEnd(next, id);
   assert.equal(run.status, "completed");
   assert.equal(run.result, 1);
   assert.equal(invoked, 1);
-  assert.deepEqual(h.invocations.map((i) => [i.status, i.restored]), [
+  assert.deepEqual([...h.invocations, ...next.invocations].map((i) => [i.status, i.restored]), [
     ["queued", false],
     ["completed", true],
   ]);

@@ -64,7 +64,7 @@ test("a completed call is never executed twice: after a crash the task starts fr
   assert.equal(fx.count.second, 2);
   assert.equal(h.invocations[1]!.restored, false, "a fresh VM, started from the top");
   assert.deepEqual(logsOf(run, "log"), ["from the top", "from the top"]);
-  assert.ok(logsOf(run, "system").includes("started from the top (attempt 2)"));
+  assert.ok(logsOf(run, "system").includes("started from the top (attempt 1, invocation 2)"));
   assert.equal((await callOf(h, id, 1)).attempts, 1);
 });
 

@@ -171,6 +171,17 @@ export const ERROR_CODES = Object.freeze(
       sql: true,
       about: "an asynchronous call got no completion by its deadline (completion_timeout_ms)",
     },
+    TIMEOUT_OVER_BUDGET: {
+      where: "call",
+      status: 500,
+      about:
+        "the call's timeout (quickjs.services.timeout_ms) is longer than an invocation may run",
+    },
+    BAD_RETRY_POLICY: {
+      where: "call",
+      status: 500,
+      about: "a service's retry policy (quickjs.services.retry) is out of range",
+    },
     CHILD_FAILED: {
       where: "call",
       status: 422,

@@ -71,6 +71,7 @@ export {
   Store,
   StoreError,
   type StuckRun,
+  type TaskRetry,
   type WaitingOn,
 } from "./store/store.ts";
 export {
@@ -84,6 +85,7 @@ export {
   paramType,
   type SqlType,
 } from "./store/operations.ts";
+export { jsonbKeepsKeyOrder } from "./store/key_order.ts";
 export { postgresDriver } from "./store/postgres.ts";
 export { supabaseDriver } from "./store/supabase.ts";
 

@@ -1,11 +1,13 @@
 /**
  * Task files: one JavaScript file per task. The name is the file name (without .js) or a
  * JSDoc `@task name` tag; the JSDoc text is the description; `@limits {json}` and
- * `@tools a, b` set the sandbox limits and the services the task may call.
+ * `@tools a, b` set the sandbox limits and the services the task may call; `@retry {json}`
+ * restarts a failed run from its input (`{"attempts": 3, "backoff": "10s"}`).
  */
 import { basename, extname, join } from "node:path";
-import type { PublishedTask, Store } from "../store/store.ts";
+import type { PublishedTask, Store, TaskRetry } from "../store/store.ts";
 import { LIMIT_BOUNDS, resolveLimits } from "../sandbox/limits.ts";
+import { parseDuration } from "../engine/durations.ts";
 
 export interface TaskFile {
   path: string;
@@ -14,6 +16,7 @@ export interface TaskFile {
   description: string | null;
   limits: Record<string, number>;
   allowedTools: string[] | null;
+  retry: TaskRetry | null;
 }
 
 export async function readTaskFile(path: string): Promise<TaskFile> {
@@ -54,7 +57,48 @@ export async function readTaskFile(path: string): Promise<TaskFile> {
   }
   const toolsTag = tag("tools");
   const allowedTools = toolsTag === undefined ? null : toolsTag.split(/[\s,]+/).filter(Boolean);
-  return { path, name, code, description, limits, allowedTools };
+  const retryTag = tag("retry");
+  const retry = retryTag === undefined ? null : parseRetryTag(path, retryTag);
+  return { path, name, code, description, limits, allowedTools, retry };
+}
+
+/**
+ * `@retry {"attempts": 3, "backoff": "10s", "multiplier": 2}`: attempts in all (1..25), the
+ * wait before the second (a duration, at most a day), each next wait times the multiplier.
+ */
+export function parseRetryTag(path: string, text: string): TaskRetry {
+  const bad = (why: string) =>
+    new Error(`${path}: bad @retry: ${why}, e.g. @retry {"attempts": 3, "backoff": "10s"}`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw bad("it must be JSON");
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw bad("not an object");
+  const { attempts, backoff, multiplier, ...rest } = raw as Record<string, unknown>;
+  if (Object.keys(rest).length) throw bad(`unknown field ${Object.keys(rest).join(", ")}`);
+  if (
+    typeof attempts !== "number" || !Number.isInteger(attempts) || attempts < 1 || attempts > 25
+  ) {
+    throw bad("attempts must be a whole number from 1 to 25");
+  }
+  let backoffMs = 0;
+  if (backoff !== undefined) {
+    try {
+      backoffMs = parseDuration(backoff);
+    } catch (e) {
+      throw bad(`backoff: ${(e as Error).message}`);
+    }
+    if (backoffMs > 86_400_000) throw bad("backoff may be a day at most");
+  }
+  if (
+    multiplier !== undefined &&
+    (typeof multiplier !== "number" || !(multiplier >= 1 && multiplier <= 10))
+  ) {
+    throw bad("multiplier must be a number from 1 to 10");
+  }
+  return { attempts, backoffMs, ...(multiplier !== undefined ? { multiplier } : {}) };
 }
 
 /** The .js files of a directory, or the one file given. */
@@ -82,6 +126,7 @@ export async function publishTasks(
         description: task.description,
         limits: task.limits,
         allowedTools: task.allowedTools,
+        retry: task.retry,
       }),
       path: file,
     });

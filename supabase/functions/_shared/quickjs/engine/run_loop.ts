@@ -32,6 +32,7 @@ import {
 import { type CallError, toCallError } from "./tool_errors.ts";
 import { SECRET_TEXT, SecretSet } from "./secrets.ts";
 import { sealJournal, unreadableEntry } from "./journal_seal.ts";
+import { isRetryable, retryDelayMs } from "./retry.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
@@ -89,7 +90,14 @@ export interface EngineConfig {
 }
 
 export type EngineEvent =
-  | { type: "started" | "restored"; runId: string; attempt: number; ms: number }
+  | {
+    type: "started" | "restored";
+    runId: string;
+    /** The run's attempt (a task-level @retry restarts it); `invocation`: the claim's count. */
+    attempt: number;
+    invocation: number;
+    ms: number;
+  }
   | { type: "call"; runId: string; seq: number; service: string; path: string[]; plan: string }
   | { type: "suspended"; runId: string; bytes: number; wakeAt: string | null; ms: number }
   | { type: "completed" | "failed"; runId: string }
@@ -229,6 +237,11 @@ type Wait =
   /** Continues in the next invocation: a checkpoint, a call deferred past the budget. */
   | { kind: "next" }
   /**
+   * A failed attempt whose retry is due at `wakeAt` (journaled by quickjs.retry_call); then
+   * `call` is sent again. `hold`: this invocation waits for it (a short backoff).
+   */
+  | { kind: "retry"; wakeAt: number; hold: boolean; call: HostCall }
+  /**
    * Known and waiting to be delivered; `at` (ms) orders deliveries as timers and calls
    * settle; `journaled`: the journal has it already. `secret`: the task may use it, logs
    * must not show it.
@@ -242,7 +255,7 @@ interface CallEntry {
   fresh: boolean;
 }
 
-type Known = { outcome: CallOutcome; secret: boolean };
+type Known = { outcome: CallOutcome; secret: boolean; retryAt?: number };
 
 const LOG_FLUSH_LINES = 200;
 
@@ -373,25 +386,31 @@ class Invocation {
         type: "restored",
         runId: run.id,
         attempt: run.attempts,
+        invocation: run.invocations,
         ms: performance.now() - t0,
       });
-      this.#system(`restored the VM (attempt ${run.attempts})`);
+      // ctx.invocation is the one field of the task's ctx that changes
+      this.#vm.setInvocation(run.invocations);
+      this.#system(`restored the VM (invocation ${run.invocations})`);
       // the parked calls as the verified header lists them (the restore checked the VM agrees)
       return await this.#resumeParked(parked);
     }
     const sealed = this.#sealedJournal();
     if (sealed) return sealed;
     this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
-    if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
+    if (run.invocations > 1) {
+      this.#system(`started from the top (attempt ${run.attempts}, invocation ${run.invocations})`);
+    }
     const state = this.#vm.start(
       { code: run.code, filename: `${run.task}.js` },
       run.input,
-      { runId: run.id, task: run.task, attempt: run.attempts },
+      { runId: run.id, task: run.task, attempt: run.attempts, invocation: run.invocations },
     );
     this.#engine.onEvent({
       type: "started",
       runId: run.id,
       attempt: run.attempts,
+      invocation: run.invocations,
       ms: performance.now() - t0,
     });
     return state;
@@ -471,6 +490,8 @@ class Invocation {
       path: call.path,
       args: call.args,
     };
+    const retry = this.#retryWaitOf(call, again, now);
+    if (retry) return retry;
     // its arguments held a secret, and the journal has them redacted: not sent as they are
     const plan: ToolPlan = JSON.stringify(call.args).includes(SECRET_TEXT)
       ? { kind: "reject", error: secretCallInterrupted() }
@@ -551,6 +572,21 @@ class Invocation {
       plan = { kind: "reject", error };
       call = { ...call, args: [] };
     }
+    if (plan.kind === "invoke" && plan.timeoutMs > this.#fullWallMs()) {
+      // no invocation can wait that long: it would be cut off at the budget and sent again
+      // in every invocation after, forever. Refused at the call, named, once.
+      const name = [call.service, ...call.path].join(".");
+      plan = {
+        kind: "reject",
+        error: {
+          code: "TIMEOUT_OVER_BUDGET",
+          name: "ToolError",
+          message: `${name}: its timeout (${plan.timeoutMs} ms) is longer than an invocation ` +
+            `may run (${this.#fullWallMs()} ms), so it could never finish; lower the service's ` +
+            `timeout_ms (quickjs.services), register it with completion 'async', or raise the budget`,
+        },
+      };
+    }
     // a child's input is stored as its run's input and read back by the child: no secret in it
     if (plan.kind === "child" && this.#secrets.within(plan.input)) {
       plan = { kind: "reject", error: secretToChild() };
@@ -625,6 +661,8 @@ class Invocation {
           return known(outcomeOf(record), true);
         }
         if (defer) return { kind: "next" };
+        const backoff = this.#retryWaitOf(record, call, now);
+        if (backoff) return backoff;
         const context: ToolCallContext = {
           runId: this.#run.id,
           seq,
@@ -633,17 +671,29 @@ class Invocation {
           signal: this.#abort.signal,
         };
         const work = (async (): Promise<Known | "awaiting"> => {
-          // the lease is checked right before the call leaves: a worker that was paused
-          // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
-          await this.#holdLease();
-          if (plan.completion) return await this.#handOver(seq, plan.completion, plan, context);
-          const value = await plan.invoke(context);
-          return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
-        })().catch((e): Known => ({
-          outcome: { ok: false, error: toCallError(e) },
-          secret: false,
-        }));
-        this.#launch(seq, work);
+          let known: Known;
+          try {
+            // the lease is checked right before the call leaves: a worker that was paused
+            // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
+            await this.#holdLease();
+            if (plan.completion) {
+              const handed = await this.#handOver(seq, plan.completion, plan, context);
+              if (handed === "awaiting") return handed;
+              known = handed;
+            } else {
+              const value = await plan.invoke(context);
+              known = { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
+            }
+          } catch (e) {
+            known = { outcome: { ok: false, error: toCallError(e) }, secret: false };
+          }
+          // no extra await unless a retry is journaled: an outcome that is in before the
+          // invocation suspends must be journaled by it, not cut off and sent again
+          return this.#retries(plan, known)
+            ? await this.#afterAttempt(seq, plan, context.attempt, known)
+            : known;
+        })();
+        this.#launch(seq, work, call);
         return { kind: "running" };
       }
     }
@@ -666,22 +716,101 @@ class Invocation {
   }
 
   /**
-   * Runs a call in this process; when it settles it becomes ready, stamped with the time;
-   * an asynchronous call, once its service acknowledged it, waits for its completion.
+   * Runs a call in this process; when it settles it becomes ready, stamped with the time, or
+   * (a failed attempt to retry, already journaled) waits for its retry; an asynchronous
+   * call, once its service acknowledged it, waits for its completion.
    */
-  #launch(seq: number, work: Promise<Known | "awaiting">): void {
+  #launch(seq: number, work: Promise<Known | "awaiting">, call?: HostCall): void {
     work.then((known) => {
       const entry = this.#calls.get(seq);
       if (entry?.wait.kind !== "running") return; // the invocation ended meanwhile
-      entry.wait = known === "awaiting" ? { kind: "completion" } : {
-        kind: "ready",
-        outcome: known.outcome,
-        secret: known.secret,
-        at: this.#now.getTime(),
-        journaled: false,
-      };
+      if (known === "awaiting") {
+        entry.wait = { kind: "completion" };
+      } else {
+        const { outcome, secret, retryAt } = known;
+        entry.wait = retryAt !== undefined && call
+          ? { kind: "retry", wakeAt: retryAt, hold: this.#holdsRetry(retryAt), call }
+          : { kind: "ready", outcome, secret, at: this.#now.getTime(), journaled: false };
+      }
       this.#wake?.("settled");
     });
+  }
+
+  // ---- retries of a service's calls (engine/retry.ts) ----------------------------------------
+
+  /**
+   * After an attempt of an invoked call: a failure its policy retries, with attempts left, is
+   * journaled as pending until the next attempt's due time (quickjs.retry_call) before the
+   * invocation learns of it, so a crash during the backoff neither repeats nor forgets it.
+   */
+  async #afterAttempt(
+    seq: number,
+    plan: ToolPlan & { kind: "invoke" },
+    attempt: number,
+    known: Known,
+  ): Promise<Known> {
+    const policy = plan.retry;
+    if (known.outcome.ok || !policy) return known;
+    const error = known.outcome.error;
+    if (attempt >= policy.attempts) {
+      if (policy.attempts > 1) this.#system(`call ${seq} failed after ${attempt} attempts`);
+      return known;
+    }
+    const delayMs = retryDelayMs(policy, attempt);
+    const retryAt = this.#now.getTime() + delayMs;
+    this.#system(
+      `call ${seq} attempt ${attempt} of ${policy.attempts} failed (${error.code}); ` +
+        `attempt ${attempt + 1} in ${delayMs} ms`,
+    );
+    this.#collectLogs();
+    try {
+      await this.#store.retryCall(this.#lease, {
+        seq,
+        error: error as unknown as Json,
+        wakeAt: new Date(retryAt),
+        logs: this.#logs.splice(0),
+      }, this.#now);
+    } catch (e) {
+      // the retry could not be journaled: this invocation cannot go on (another continues
+      // from the last snapshot, and the journal counts the attempt that was made)
+      this.#abort.abort(
+        new LeaseLost(`retry of call ${seq} not journaled: ${(e as Error).message}`),
+      );
+      return known;
+    }
+    return { ...known, retryAt };
+  }
+
+  /** Whether a failed attempt is one its service's policy retries (attempts aside). */
+  #retries(plan: ToolPlan & { kind: "invoke" }, known: Known): boolean {
+    return !known.outcome.ok && plan.retry !== undefined &&
+      isRetryable(plan.retry, known.outcome.error);
+  }
+
+  /** A short backoff waits in this process, like a short sleep; a long one suspends the run. */
+  #holdsRetry(retryAt: number): boolean {
+    const ms = retryAt - this.#now.getTime();
+    return !this.#engine.durableAll && ms <= this.#engine.inlineSleepMaxMs &&
+      ms < this.#wallLeftMs();
+  }
+
+  /** A journaled call waiting for its next attempt (pending, its last error, a due time). */
+  #retryWaitOf(record: CallRecord, call: HostCall, now: Date): Wait | undefined {
+    if (record.status !== "pending" || !record.error || !record.wakeAt) return undefined;
+    const wakeAt = Date.parse(record.wakeAt);
+    if (wakeAt <= now.getTime()) return undefined;
+    return { kind: "retry", wakeAt, hold: this.#holdsRetry(wakeAt), call };
+  }
+
+  /** Sends the retries this invocation holds whose time has come: their next attempt. */
+  async #startDueRetries(now: number): Promise<void> {
+    for (const entry of this.#calls.values()) {
+      const wait = entry.wait;
+      if (wait.kind !== "retry" || !wait.hold || wait.wakeAt > now) continue;
+      if (entry.fresh && this.#engine.durableAll) continue;
+      const plan = await this.#engine.tools.plan(wait.call, this.#run.allowedTools, this.#now);
+      entry.wait = await this.#start(wait.call, plan, { forceInline: true });
+    }
   }
 
   /**
@@ -741,6 +870,7 @@ class Invocation {
     for (const { wait, fresh } of this.#calls.values()) {
       if (fresh && this.#engine.durableAll) continue;
       if (wait.kind === "running" || (wait.kind === "timer" && wait.hold)) return true;
+      if (wait.kind === "retry" && wait.hold) return true;
     }
     return false;
   }
@@ -752,13 +882,16 @@ class Invocation {
    */
   async #waitForNext(): Promise<CallEntry | "parked" | "budget"> {
     for (;;) {
+      await this.#startDueRetries(this.#now.getTime());
       const now = this.#now.getTime();
       const next = this.#nextReady(now);
       if (next) return next;
       if (!this.#worthWaiting()) return "parked";
       let nextTimer = Infinity;
       for (const { wait } of this.#calls.values()) {
-        if (wait.kind === "timer" && wait.wakeAt < nextTimer) nextTimer = wait.wakeAt;
+        if ((wait.kind === "timer" || wait.kind === "retry") && wait.wakeAt < nextTimer) {
+          nextTimer = wait.wakeAt;
+        }
       }
       // the signals' listeners belong to the invocation (added once, removed at its end);
       // a wait only adds a timer and a sleep, both gone when it ends
@@ -857,9 +990,10 @@ class Invocation {
     const stored = storableError(
       this.#secrets.json(error as unknown as Json) as unknown as RunError,
     );
-    await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
-    this.#engine.onEvent({ type: "failed", runId: this.#run.id });
-    return { ...this.#result("failed"), error: stored };
+    const view = await this.#store.failRun(this.#lease, stored, this.#logs.splice(0), this.#now);
+    // a task-level @retry may have queued the run again for its next attempt (restart_run)
+    if (view.status === "failed") this.#engine.onEvent({ type: "failed", runId: this.#run.id });
+    return { ...this.#result(view.status), error: stored };
   }
 
   /** The last resort when the database refused a write: fail the run, without the logs. */
@@ -905,7 +1039,7 @@ class Invocation {
     let now = reason === "budget";
     for (const seq of parked) {
       const wait = this.#calls.get(seq)?.wait;
-      if (wait?.kind === "timer") {
+      if (wait?.kind === "timer" || wait?.kind === "retry") {
         if (wakeAt === null || wait.wakeAt < wakeAt) wakeAt = wait.wakeAt;
       } else if (wait?.kind === "child") children.push(wait.childRunId);
       else if (wait?.kind === "completion") completions.push(seq);
@@ -963,6 +1097,12 @@ class Invocation {
   }
 
   // ---- budget, lease, logs -----------------------------------------------------------------
+
+  /** The wall time a fresh invocation has: its budget, within a fresh worker's life. */
+  #fullWallMs(): number {
+    const { wallMs, wallMarginMs } = this.#engine.isolate.limits;
+    return Math.min(this.#engine.budget.wallMs, wallMs - wallMarginMs);
+  }
 
   /** Wall time left: of the invocation's budget, and of the worker's life. */
   #wallLeftMs(): number {

@@ -8,6 +8,7 @@ import type { Store } from "../store/store.ts";
 import { MAX_SLEEP_MS, parseDuration } from "./durations.ts";
 import { httpFetch, type HttpToolOptions } from "./http_tool.ts";
 import { type CallError, ServiceError, toCallError, ToolError } from "./tool_errors.ts";
+import { parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 
 /** What an invoked tool learns about the call. */
 export interface ToolCallContext {
@@ -58,6 +59,8 @@ export type ToolPlan =
      */
     completion?: { timeoutMs: number };
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
+    /** A registered service's retry policy: failed attempts retry durably (run_loop.ts). */
+    retry?: RetryPolicy;
   }
   /**
    * tools.kv: carried out by the store in one transaction with its journal entry and the
@@ -184,6 +187,15 @@ export class ToolRegistry {
           "register external services in quickjs.services",
       );
     }
+    let retry: RetryPolicy | null;
+    try {
+      retry = parseRetryPolicy(service.retry);
+    } catch (e) {
+      throw new ToolError(
+        "BAD_RETRY_POLICY",
+        `service ${service.name}: ${(e as Error).message} (quickjs.services.retry)`,
+      );
+    }
     return {
       kind: "invoke",
       timeoutMs: service.timeoutMs,
@@ -191,6 +203,7 @@ export class ToolRegistry {
         ? { completion: { timeoutMs: service.completionTimeoutMs } }
         : {}),
       invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
+      ...(retry && retry.attempts > 1 ? { retry } : {}),
     };
   }
 
@@ -247,6 +260,7 @@ interface ServiceInfo {
   timeoutMs: number;
   completion?: "inline" | "async";
   completionTimeoutMs: number;
+  retry?: Record<string, Json>;
 }
 
 function sleepTarget(call: HostCall, now: Date): Date {

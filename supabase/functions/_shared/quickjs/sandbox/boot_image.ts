@@ -50,6 +50,7 @@ export const INTERNAL_METHODS = [
   "status",
   "takeLogs",
   "secrets",
+  "setInvocation",
 ] as const;
 export type InternalMethod = typeof INTERNAL_METHODS[number];
 

@@ -62,6 +62,9 @@ export const PRELUDE_SOURCE = String.raw`
   let fatal;
   let nextId = 0;
   let pendingCount = 0;
+  // ctx.invocation: the one field of the frozen ctx that changes, set by the host after a
+  // restore (setInvocation) and read through a getter
+  let invocation = 1;
   const pending = new MapCtor();
   const rejected = new MapCtor();
   let logs = [];
@@ -385,7 +388,14 @@ ${C_LOOP_GUARDS_SOURCE}
       sliceBegins();
       state = "running";
       const input = jsonParse(inputJson);
-      const context = deepFreeze(jsonParse(contextJson));
+      const fields = jsonParse(contextJson);
+      if (typeof fields.invocation === "number") invocation = fields.invocation;
+      defineProperty(fields, "invocation", {
+        get: freeze(function invocationOfRun() { return invocation; }),
+        enumerable: true,
+        configurable: false,
+      });
+      const context = deepFreeze(fields);
       const run = (loaded) => {
         let entry;
         if (kind === "module") {
@@ -417,6 +427,9 @@ ${C_LOOP_GUARDS_SOURCE}
           fail(e);
         }
       }, fail]);
+    },
+    setInvocation(n) {
+      invocation = n;
     },
     settle(id, ok, payloadJson, secret) {
       const entry = apply(mapGet, pending, [id]);

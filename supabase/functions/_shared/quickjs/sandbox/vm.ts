@@ -61,8 +61,11 @@ export interface LogEntry {
 export interface TaskContext {
   runId: string;
   task: string;
+  /** The run's attempt: 1 unless the task's @retry restarted it from its input. */
   attempt: number;
-  [key: string]: Json;
+  /** The invocation running it now (1, 2, … as it suspends and resumes); updated on restore. */
+  invocation?: number;
+  [key: string]: Json | undefined;
 }
 
 export interface TaskSource {
@@ -318,6 +321,13 @@ export class TaskVm {
     const calls = this.#newCalls;
     this.#newCalls = [];
     return calls;
+  }
+
+  /** Tells the task (ctx.invocation) which invocation runs it now: after a restore. */
+  setInvocation(invocation: number): void {
+    if (this.#crashed || this.#disposed) return;
+    const ctx = this.context;
+    this.#enter(() => this.#call("setInvocation", [ctx.newNumber(invocation)]));
   }
 
   takeLogs(): LogEntry[] {

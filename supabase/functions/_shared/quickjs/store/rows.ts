@@ -11,7 +11,20 @@ export interface LogLine {
   message: string;
   /** ms since the epoch (writes) or an ISO timestamp (reads). */
   at: number | string;
+  /** The run's attempt (reads). */
   attempt?: number;
+  /** The invocation that wrote it (reads). */
+  invocation?: number;
+}
+
+/** A task's @retry (quickjs.task_versions.retry): restarts of a failed run from its input. */
+export interface TaskRetry {
+  /** Attempts in all, the first included (1..25). */
+  attempts: number;
+  /** Wait before the second attempt (0..1 day). */
+  backoffMs?: number;
+  /** Each wait is the one before times this (default 1). */
+  multiplier?: number;
 }
 
 /** A run as the API shows it. */
@@ -24,7 +37,22 @@ export interface RunView {
   input: Json;
   result?: Json;
   error?: RunError;
+  /** SQL and PostgREST readers: the result's JSON text, keys in order (the store reads it). */
+  resultText?: string;
+  /** The run's attempt: 1, plus one per restart from its input by the task's @retry. */
   attempts: number;
+  /** Invocations (claims) so far, of every attempt. */
+  invocations: number;
+  /** get_run: the attempts a task-level @retry ended, oldest first (quickjs.run_attempts). */
+  previousAttempts?: {
+    attempt: number;
+    error: RunError;
+    invocations: number;
+    /** How many journal entries it made (kept in run_attempts.calls, never replayed). */
+    calls: number;
+    startedAt?: string;
+    endedAt: string;
+  }[];
   suspensions: number;
   /** Lost leases in a row (a worker died); too many fails the run. */
   leaseExpirations?: number;
@@ -38,6 +66,7 @@ export interface RunView {
   leaseExpiresAt?: string;
   createdAt: string;
   updatedAt: string;
+  /** When the current attempt's first invocation began (earlier ones: previousAttempts). */
   startedAt?: string;
   finishedAt?: string;
   logs?: LogLine[];
@@ -63,7 +92,11 @@ export interface CallRecord {
   mode: "inline" | "durable";
   status: CallStatus;
   result?: Json;
+  /** The result as JSON text, keys in their order (the store reads it into result). */
+  resultText?: string;
+  /** A settled call's error, or a retried call's last failed attempt's (pending, wakeAt). */
   error?: RunError & { data?: Json };
+  /** Attempts sent: a service's retries, and sends again after a crash or a cut-off. */
   attempts: number;
   idempotencyKey: string;
   wakeAt?: string;
@@ -182,6 +215,8 @@ export interface KvEntry {
 export interface KvCallResult {
   call: CallRecord;
   value: Json;
+  /** A get's value as JSON text in the order it was written (the store reads it into value). */
+  valueText?: string;
   secret: boolean;
 }
 
@@ -194,4 +229,6 @@ export interface ServiceRow {
   /** async: the reply only acknowledges; quickjs.complete_call settles the call later. */
   completion: "inline" | "async";
   completionTimeoutMs: number;
+  /** Retry policy of its calls (engine/retry.ts); absent: one attempt. */
+  retry?: Record<string, Json>;
 }

@@ -4,6 +4,7 @@
  */
 import { type ErrorCode, isErrorCode, QuickJsError } from "../errors.ts";
 import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
+import { orderedText, readOrderedResult, withOrderedResult } from "./key_order.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
@@ -22,6 +23,7 @@ import type {
   SnapshotInfo,
   SnapshotList,
   StuckRun,
+  TaskRetry,
   WaitingOn,
 } from "./rows.ts";
 
@@ -70,13 +72,22 @@ export class Store {
     return `${this.driver.kind} (${this.driver.description})`;
   }
 
+  /** An operation that returns a journal entry: its result read with its keys in order. */
+  async #calls<Op extends "record_call" | "start_child" | "settle_call" | "retry_call">(
+    op: Op,
+    args: OperationArgs<Op>,
+  ): Promise<CallRecord> {
+    return withOrderedResult(await this.#call(op, args) as CallRecord);
+  }
+
   async #call<Op extends Operation>(
     op: Op,
     args: OperationArgs<Op>,
   ): Promise<OperationResult<Op>> {
     for (let attempt = 1;; attempt++) {
       try {
-        return await this.driver.call(op, args);
+        // a run or journal entry whose result jsonb would reorder comes with its text
+        return readOrderedResult(await this.driver.call(op, args));
       } catch (e) {
         // Every operation is one transaction, so one that lost a deadlock or a
         // serialization race changed nothing and can simply run again.
@@ -93,6 +104,8 @@ export class Store {
     description?: string | null;
     limits?: Record<string, number>;
     allowedTools?: string[] | null;
+    /** @retry: a run that fails starts again from its input, up to `attempts` in all. */
+    retry?: TaskRetry | null;
   }): Promise<PublishedTask> {
     return this.#call("publish_task", {
       p_name: task.name,
@@ -100,6 +113,7 @@ export class Store {
       p_description: task.description ?? null,
       p_limits: task.limits ?? {},
       p_allowed_tools: task.allowedTools ?? null,
+      p_retry: task.retry ?? null,
     });
   }
 
@@ -143,7 +157,11 @@ export class Store {
       p_run_id: claim.runId ?? null,
       p_now: claim.now,
     });
-    return rows.map(({ run, snapshot }) => ({ ...run, snapshot }));
+    return rows.map(({ run, snapshot }) => ({
+      ...run,
+      calls: run.calls.map(withOrderedResult),
+      snapshot,
+    }));
   }
 
   heartbeat(lease: Lease, leaseSeconds: number, now?: Date): Promise<{ leaseExpiresAt: string }> {
@@ -163,7 +181,7 @@ export class Store {
     mode: "inline" | "durable";
     wakeAt?: Date | null;
   }, now?: Date): Promise<CallRecord> {
-    return this.#call("record_call", {
+    return this.#calls("record_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: call.seq,
@@ -181,7 +199,7 @@ export class Store {
     child: { seq: number; task: string; input: Json; maxDepth?: number },
     now?: Date,
   ): Promise<CallRecord> {
-    return this.#call("start_child", {
+    return this.#calls("start_child", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: child.seq,
@@ -196,7 +214,7 @@ export class Store {
    * tools.kv for a run: fenced, journaled and applied in one transaction (quickjs.kv_call).
    * `args` is what the journal keeps; `value` what a set writes.
    */
-  kvCall(lease: Lease, call: {
+  async kvCall(lease: Lease, call: {
     seq: number;
     op: "get" | "set" | "delete";
     key: string;
@@ -205,7 +223,7 @@ export class Store {
     args: Json[];
     logs?: LogLine[];
   }, now?: Date): Promise<KvCallResult> {
-    return this.#call("kv_call", {
+    const done = await this.#call("kv_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: call.seq,
@@ -216,7 +234,15 @@ export class Store {
       p_args: call.args,
       p_logs: call.logs ?? [],
       p_now: now,
+      // a secret's text would be a second copy outside what protects the value
+      p_value_text: call.op === "set" && !call.secret ? orderedText(call.value) : undefined,
     });
+    const { valueText, ...rest } = done;
+    return {
+      ...rest,
+      call: withOrderedResult(done.call),
+      value: valueText === undefined ? done.value : JSON.parse(valueText),
+    };
   }
 
   settleCall(lease: Lease, settle: {
@@ -226,7 +252,7 @@ export class Store {
     error?: Json;
     logs?: LogLine[];
   }, now?: Date): Promise<CallRecord> {
-    return this.#call("settle_call", {
+    return this.#calls("settle_call", {
       p_run_id: lease.runId,
       p_token: lease.token,
       p_seq: settle.seq,
@@ -234,6 +260,25 @@ export class Store {
       p_result: settle.ok ? settle.result ?? null : null,
       p_error: settle.ok ? null : settle.error ?? null,
       p_logs: settle.logs ?? [],
+      p_now: now,
+      p_result_text: settle.ok ? orderedText(settle.result) : undefined,
+    });
+  }
+
+  /** A failed attempt to be retried at `wakeAt`: the call is pending again (quickjs.retry_call). */
+  retryCall(lease: Lease, retry: {
+    seq: number;
+    error: Json;
+    wakeAt: Date;
+    logs?: LogLine[];
+  }, now?: Date): Promise<CallRecord> {
+    return this.#calls("retry_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: retry.seq,
+      p_error: retry.error,
+      p_wake_at: retry.wakeAt,
+      p_logs: retry.logs ?? [],
       p_now: now,
     });
   }
@@ -331,6 +376,8 @@ export class Store {
       p_result: result,
       p_logs: logs,
       p_now: now,
+      // a parent gets its child's result with its keys in order (settle_from_child)
+      p_result_text: orderedText(result),
     });
   }
 
@@ -371,8 +418,8 @@ export class Store {
     });
   }
 
-  listCalls(runId: string): Promise<CallRecord[]> {
-    return this.#call("list_calls", { p_run_id: runId });
+  async listCalls(runId: string): Promise<CallRecord[]> {
+    return (await this.#call("list_calls", { p_run_id: runId })).map(withOrderedResult);
   }
 
   /** A run's snapshot bytes with what the database knows of them, or null. */
@@ -413,7 +460,12 @@ export class Store {
   }
 
   kvSet(key: string, value: Json, secret = false): Promise<void> {
-    return this.#call("kv_set", { p_key: key, p_value: value, p_secret: secret });
+    return this.#call("kv_set", {
+      p_key: key,
+      p_value: value,
+      p_secret: secret,
+      p_value_text: secret ? undefined : orderedText(value),
+    });
   }
 
   kvDelete(key: string): Promise<boolean> {
