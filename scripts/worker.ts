@@ -136,7 +136,13 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const note = (message: string) => console.error(`[worker] ${message}`);
 
   const db = options.db ?? defaultDb();
-  const store = await openStore(db, { migrate: options.migrate || db === "pglite" });
+  // one connection per running invocation (each host call and transition is a round trip of
+  // its own), one for the claim and next-wake queries, one for LISTEN: with the driver's
+  // default of 4, invocations at concurrency 8 queued their writes behind each other
+  const store = await openStore(db, {
+    migrate: options.migrate || db === "pglite",
+    poolMax: options.concurrency + 2,
+  });
   const engine = new Engine({
     store,
     tools: new ToolRegistry(store, { http: httpOptionsFromEnv(Deno.env), custom: options.tools }),
