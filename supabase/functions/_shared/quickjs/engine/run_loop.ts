@@ -245,6 +245,10 @@ class Invocation {
   #vm: TaskVm | undefined;
   /** The call table: every call the task waits on, by id. */
   readonly #calls = new Map<number, CallEntry>();
+  /** Calls running on the one-write path (#startUnjournaled): not in the journal yet. */
+  readonly #unjournaled = new Map<number, { call: HostCall; startedAt: Date }>();
+  /** The highest seq the journal had at the claim (computed when first needed). */
+  #journalTop: number | undefined;
   /** Ends the loop's current wait: a call running here settled, or a signal fired. */
   #wake: ((why: "settled" | "budget" | "lost") => void) | undefined;
   #logs: LogLine[] = [];
@@ -562,6 +566,7 @@ class Invocation {
         return known({ ok: true, value: done.value }, true, done.secret);
       }
       case "invoke": {
+        if (this.#journalsAfter(call, plan, options)) return this.#startUnjournaled(call, plan);
         // a call whose journaled args are redacted (a secret write) must run now: later
         // there would be only the redacted args to run it with
         const defer = !options.forceInline && !plan.journalArgs &&
@@ -737,6 +742,22 @@ class Invocation {
   /** Writes an outcome to the journal, with the log lines so far, before the task sees it. */
   async #settleInJournal(seq: number, outcome: CallOutcome, secret: boolean): Promise<void> {
     this.#collectLogs();
+    const unjournaled = this.#unjournaled.get(seq);
+    if (unjournaled) {
+      await this.#store.recordSettledCall(this.#lease, {
+        seq,
+        service: unjournaled.call.service,
+        path: unjournaled.call.path,
+        args: unjournaled.call.args,
+        ok: outcome.ok,
+        result: outcome.ok ? outcome.value ?? null : undefined,
+        error: outcome.ok ? undefined : outcome.error as unknown as Json,
+        startedAt: unjournaled.startedAt,
+        logs: this.#logs.splice(0),
+      }, this.#now);
+      this.#unjournaled.delete(seq);
+      return;
+    }
     await this.#store.settleCall(this.#lease, {
       seq,
       ok: outcome.ok,
@@ -791,6 +812,12 @@ class Invocation {
   async #suspend(reason: "parked" | "budget"): Promise<InvocationResult> {
     const vm = this.#vm!;
     const t0 = performance.now();
+    // a one-write call still running is parked in the snapshot: it needs its entry
+    for (const [seq, { call }] of this.#unjournaled) {
+      if (this.#calls.get(seq)?.wait.kind !== "running") continue;
+      await this.#record(call, "inline");
+      this.#unjournaled.delete(seq);
+    }
     // outcomes that arrived but were not delivered: journal them, the next invocation
     // delivers them from there instead of running the calls again
     for (const entry of this.#calls.values()) {
@@ -861,6 +888,51 @@ class Invocation {
       cpuMs: this.#vm?.cpuMs ?? 0,
       wallMs: performance.now() - this.#started,
     };
+  }
+
+  // ---- one write per in-process call (CustomTool.journalAfter) -------------------------------
+  //
+  // An in-process tool answers in microseconds, so its two locked transactions (record_call
+  // before, settle_call after) were most of a step's cost. When the tool opts in and the
+  // journal surely has no entry at the call's seq (the claim returned every entry after the
+  // snapshot, seqs only grow, and no other worker writes while the lease holds), nothing is
+  // written before the call: its idempotency key is what record_call would give it. Its
+  // outcome is journaled with the call in one write (#settleInJournal) before the task sees
+  // it, so a settled call is still never run twice; what the tool gives up is said at
+  // CustomTool. A suspension while such a call runs records it as started first (#suspend).
+
+  #journalsAfter(
+    call: HostCall,
+    plan: Extract<ToolPlan, { kind: "invoke" }>,
+    options: { forceInline?: boolean },
+  ): boolean {
+    if (!plan.journalAfter || plan.journalArgs || plan.secret) return false;
+    // a call that would be deferred, or one run again from the journal, takes the usual path
+    if (options.forceInline || this.#engine.durableAll || plan.timeoutMs > this.#wallLeftMs()) {
+      return false;
+    }
+    this.#journalTop ??= this.#run.calls.reduce((top, c) => Math.max(top, c.seq), 0);
+    return call.id > this.#journalTop;
+  }
+
+  #startUnjournaled(call: HostCall, plan: Extract<ToolPlan, { kind: "invoke" }>): Wait {
+    const seq = call.id;
+    this.#unjournaled.set(seq, { call, startedAt: this.#now });
+    const context: ToolCallContext = {
+      runId: this.#run.id,
+      seq,
+      // what quickjs.claim_seq gives a call at a seq the journal has no entry for
+      idempotencyKey: `${this.#run.id}:${seq}`,
+      attempt: 1,
+      signal: this.#abort.signal,
+    };
+    const work = (async (): Promise<Known> => {
+      await this.#holdLease();
+      const value = await plan.invoke(context);
+      return { outcome: { ok: true, value }, secret: false };
+    })().catch((e): Known => ({ outcome: { ok: false, error: toCallError(e) }, secret: false }));
+    this.#launch(seq, work);
+    return { kind: "running" };
   }
 
   // ---- budget, lease, logs -----------------------------------------------------------------

@@ -195,6 +195,23 @@ export const OPERATIONS = {
     },
     returns: returnsJsonb<CallRecord>(),
   },
+  record_settled_call: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_service: "text",
+      p_method_path: "text[]",
+      p_args: jsonb<Json[]>(),
+      p_ok: "boolean",
+      p_result: d("jsonb"),
+      p_error: d("jsonb"),
+      p_started_at: d("timestamptz"),
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallRecord>(),
+  },
   kv_call: {
     params: {
       p_run_id: "uuid",

@@ -238,6 +238,37 @@ export class Store {
     });
   }
 
+  /**
+   * A call that has already run, journaled with its outcome in one fenced write
+   * (quickjs.record_settled_call): record_call and settle_call at once.
+   */
+  recordSettledCall(lease: Lease, call: {
+    seq: number;
+    service: string;
+    path: string[];
+    args: Json[];
+    ok: boolean;
+    result?: Json;
+    error?: Json;
+    startedAt?: Date;
+    logs?: LogLine[];
+  }, now?: Date): Promise<CallRecord> {
+    return this.#call("record_settled_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: call.seq,
+      p_service: call.service,
+      p_method_path: call.path,
+      p_args: call.args,
+      p_ok: call.ok,
+      p_result: call.ok ? call.result ?? null : null,
+      p_error: call.ok ? null : call.error ?? null,
+      p_started_at: call.startedAt ?? null,
+      p_logs: call.logs ?? [],
+      p_now: now,
+    });
+  }
+
   appendLogs(lease: Lease, logs: LogLine[]): Promise<void> {
     return this.#call("append_run_logs", {
       p_run_id: lease.runId,
