@@ -231,6 +231,8 @@ interface CallEntry {
 type Known = { outcome: CallOutcome; secret: boolean };
 
 const LOG_FLUSH_LINES = 200;
+/** Ends one wait's timers (#waitForNext). */
+const WAIT_OVER = Object.freeze({ reason: "the wait is over" });
 
 class Invocation {
   readonly #engine: Engine;
@@ -696,7 +698,7 @@ class Invocation {
         if (this.#abort.signal.aborted) resolve("lost");
         if (this.#yield?.aborted || this.#engine.isolate.unloading.aborted) resolve("budget");
       });
-      wait.abort();
+      wait.abort(WAIT_OVER); // a reason of our own: abort() alone builds a DOMException
       this.#wake = undefined;
       if (outcome === "lost") throw new LeaseLost(String(this.#abort.signal.reason ?? "aborted"));
       if (outcome === "budget") return "budget";
