@@ -32,6 +32,7 @@ import { type CallError, toCallError } from "./tool_errors.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
+import { SpareVm } from "./spare_vm.ts";
 import {
   freshVmBytes,
   isolateAdmission,
@@ -77,6 +78,11 @@ export interface EngineConfig {
   isolate?: IsolateLife;
   /** Bounds the VMs alive at once by their wasm memory (default: the isolate's, admission.ts). */
   admission?: MemoryAdmission;
+  /**
+   * Keep one fresh VM of the default limits made ahead, so a claimed run does not wait for
+   * one (spare_vm.ts; default false: it is one more VM's memory, uncounted by admission).
+   */
+  spareVm?: boolean;
 }
 
 export type EngineEvent =
@@ -118,6 +124,7 @@ export class Engine {
   readonly onEvent: (event: EngineEvent) => void;
   readonly isolate: IsolateLife;
   readonly admission: MemoryAdmission;
+  readonly #spare: SpareVm | undefined;
 
   constructor(config: EngineConfig) {
     this.store = config.store;
@@ -132,6 +139,9 @@ export class Engine {
     this.onEvent = config.onEvent ?? (() => {});
     this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
+    if (config.spareVm) {
+      this.#spare = new SpareVm(resolveLimits(), () => this.clock.now().getTime());
+    }
   }
 
   /**
@@ -140,6 +150,18 @@ export class Engine {
    */
   async prepare(): Promise<void> {
     await getBootImage();
+    this.#spare?.fill();
+  }
+
+  /** Disposes what prepare() made ahead (the spare VM). */
+  async close(): Promise<void> {
+    await this.#spare?.close();
+  }
+
+  /** A fresh VM for a run: the spare when it fits, else a new one. */
+  async freshVm(limits: SandboxLimits): Promise<TaskVm> {
+    return await this.#spare?.take(limits) ??
+      await TaskVm.create({ limits, now: () => this.clock.now().getTime() });
   }
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
@@ -365,7 +387,7 @@ class Invocation {
       // the parked calls as the verified header lists them (the restore checked the VM agrees)
       return await this.#resumeParked(parked);
     }
-    this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
+    this.#vm = await this.#engine.freshVm(this.#limits);
     if (run.attempts > 1) this.#system(`started from the top (attempt ${run.attempts})`);
     const state = this.#vm.start(
       { code: run.code, filename: `${run.task}.js` },
