@@ -124,9 +124,7 @@ export function setUpFromImage(
     const memory = new Uint8Array(instance.memory.buffer);
     const image = new Uint8Array(boot.image.buffer);
     const dead = deadStackPages(boot.build.facts.heapBase);
-    // below the dead stack only the static data is not zero (~23 of 279 pages): the rest
-    // is zero in a new memory and in a pooled one, and writing it made 1 MiB resident
-    memory.set(image.subarray(0, boot.lowEnd), 0);
+    memory.set(image.subarray(0, dead.first * PAGE_SIZE), 0);
     memory.set(image.subarray(dead.end * PAGE_SIZE), dead.end * PAGE_SIZE);
     if (options.reseed) reseed(instance.memory, boot.seedWords);
     runtime.hostRefs.put(bridge as never);
@@ -176,8 +174,6 @@ export interface BootImage {
   /** Memory from 0 to `end` (the set-up's heap break, rounded up to a page). */
   image: Int32Array;
   end: number;
-  /** Where the image's pages below the dead C stack are zero from (a page boundary). */
-  lowEnd: number;
   pointers: VmPointers;
   /**
    * Word addresses that differ between two set-ups: QuickJS seeds Math.random from the
@@ -247,17 +243,12 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
     const canonical = new Int32Array(image);
     for (const address of seedWords) canonical[address >> 2] = 0;
     canonical.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
-    let lowEnd = dead.first * PAGE_SIZE;
-    while (lowEnd > 0 && pageEquals(image, new Int32Array(0), lowEnd / PAGE_SIZE - 1)) {
-      lowEnd -= PAGE_SIZE;
-    }
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", canonical));
     const hex = Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
     return {
       build,
       image,
       end,
-      lowEnd,
       pointers,
       seedWords,
       volatilePages: new Set(seedWords.map((address) => Math.floor(address / PAGE_SIZE))),

@@ -38,21 +38,10 @@ export function takeMemory(pages: number): WebAssembly.Memory | undefined {
 }
 
 /**
- * A byte range a VM may have written. `sparse`: mostly pages never written, which are
- * zeroed only where they are not zero already (a page never written reads as zeros without
- * being resident; writing it would make it so).
- */
-export interface WrittenRange {
-  start: number;
-  end: number;
-  sparse?: boolean;
-}
-
-/**
  * Keeps the memory of a VM whose instance is done with it (disposed, not trapped), with the
- * ranges it may have written zeroed now (default: all of it). A default VM's memory is
- * 41 MiB, of which a small task leaves ~0.3 MiB that matter (sandbox/vm.ts passes its live
- * pages below the heap break: nothing above the break was ever written, the allocator never
+ * byte ranges `written` zeroed now (default: all of it). A default VM's memory is 41 MiB,
+ * of which a small task leaves ~1.3 MiB that matter (sandbox/vm.ts passes its live pages
+ * below the heap break: nothing above the break was ever written, the allocator never
  * trims, which snapshots rely on too; the dead top of the C stack is never read before it
  * is written). Zeroing all 41 MiB before every run cost ~3 to 7 ms on the path from claim
  * to start and made every pooled memory resident in full (a page is committed when first
@@ -61,29 +50,13 @@ export interface WrittenRange {
  */
 export function giveBackMemory(
   memory: WebAssembly.Memory,
-  written: WrittenRange[] = [{ start: 0, end: memory.buffer.byteLength }],
+  written: [start: number, end: number][] = [[0, memory.buffer.byteLength]],
 ): void {
   if (pooled.has(memory)) return;
-  for (const range of written) {
-    if (range.sparse) zeroWrittenPages(memory, range);
-    else new Uint8Array(memory.buffer).fill(0, range.start, range.end);
-  }
+  const bytes = new Uint8Array(memory.buffer);
+  for (const [start, end] of written) bytes.fill(0, start, end);
   pooled.add(memory);
   pool(memory.buffer.byteLength).idle.push(memory);
-}
-
-/** 4 KiB in 4-byte words. */
-const PAGE_WORDS = 4096 / 4;
-
-/** Zeroes the 4 KiB pages of a page-aligned range that are not all zero. */
-function zeroWrittenPages(memory: WebAssembly.Memory, range: WrittenRange): void {
-  const words = new Int32Array(memory.buffer, range.start, (range.end - range.start) >> 2);
-  for (let first = 0; first < words.length; first += PAGE_WORDS) {
-    const end = Math.min(first + PAGE_WORDS, words.length);
-    let bits = 0;
-    for (let i = first; i < end; i++) bits |= words[i]!;
-    if (bits !== 0) words.fill(0, first, end);
-  }
 }
 
 /** True when the memory is idle in the pool: still alive, and counted there. */

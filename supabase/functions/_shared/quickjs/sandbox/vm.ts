@@ -377,13 +377,9 @@ export class TaskVm {
     } catch {
       return; // a break outside the heap: the memory cannot be trusted, V8 frees it
     }
-    // what a new VM's set-up and a restore rely on: the live pages (layout.ts); below the
-    // dead top of the C stack they are static data (a few pages) and stack never reached
+    // what a new VM's set-up and a restore rely on: the live pages (layout.ts)
     const dead = deadStackPages(facts.heapBase);
-    giveBackMemory(memory, [
-      { start: 0, end: dead.first * PAGE_SIZE, sparse: true },
-      { start: dead.end * PAGE_SIZE, end: used },
-    ]);
+    giveBackMemory(memory, [[0, dead.first * PAGE_SIZE], [dead.end * PAGE_SIZE, used]]);
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */
