@@ -1,7 +1,8 @@
 /**
  * Opens the store a CLI was pointed at: `--db postgres://…` (a server), `--db pglite` (in
  * memory) or `--db pglite:<dir>` (a data directory), defaulting to DATABASE_URL or
- * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations.
+ * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations. `poolMax`: the
+ * connections a server's pool may open (default: the driver's 4).
  */
 import postgres from "postgres";
 import { postgresDriver, Store } from "../../supabase/functions/_shared/quickjs/mod.ts";
@@ -18,7 +19,7 @@ export function defaultDb(): string {
 
 export async function openStore(
   db: string = defaultDb(),
-  options: { migrate?: boolean } = {},
+  options: { migrate?: boolean; poolMax?: number } = {},
 ): Promise<Store> {
   const apply = options.migrate ?? true;
   if (db === "pglite" || db.startsWith("pglite:")) {
@@ -29,12 +30,13 @@ export async function openStore(
     }
     return new Store(driver);
   }
-  if (!apply) return new Store(postgresDriver(db));
+  const pool = options.poolMax !== undefined ? { max: options.poolMax } : {};
+  if (!apply) return new Store(postgresDriver(db, pool));
   const admin = postgres(db, { max: 1, onnotice: () => {} });
   try {
     await migrate(postgresExecutor(admin));
   } finally {
     await admin.end();
   }
-  return new Store(postgresDriver(db));
+  return new Store(postgresDriver(db, pool));
 }

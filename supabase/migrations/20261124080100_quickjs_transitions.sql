@@ -592,7 +592,9 @@ begin
   if c.completed_at is not null then
     return quickjs.call_json(c) || jsonb_build_object('alreadyCompleted', true);
   end if;
-  if not p_ok then
+  if not p_ok and p_error ? '$sealed' then
+    v_error := p_error; -- sealed by the engine (journal_seal.ts), in the shape below
+  elsif not p_ok then
     v_error := jsonb_build_object('name', 'ServiceError',
       'code', coalesce(p_error ->> 'code', 'SERVICE_ERROR'),
       'message', coalesce(p_error ->> 'message', format('%s failed', c.service)))

@@ -17,6 +17,10 @@ import {
   TaskVm,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { isPooled } from "../../supabase/functions/_shared/quickjs/sandbox/memory_pool.ts";
+import {
+  deadStackPages,
+  PAGE_SIZE,
+} from "../../supabase/functions/_shared/quickjs/sandbox/layout.ts";
 
 const MiB = 1024 * 1024;
 const settled = () => new Promise((r) => setTimeout(r, 0));
@@ -94,14 +98,17 @@ Deno.test("QUICKJS_ISOLATE_MEMORY_BYTES sets the budget; nonsense is refused", (
   assert.throws(() => isolateBudgetFromEnv(env("lots")), /QUICKJS_ISOLATE_MEMORY_BYTES/);
 });
 
-Deno.test("a disposed VM's memory is reused, zeroed, by the next VM of its size, and stays counted meanwhile", async () => {
+Deno.test("a disposed VM's memory is reused, its live pages zeroed, by the next VM of its size, and stays counted meanwhile", async () => {
   const admission = new MemoryAdmission(100 * MiB);
   const limits = resolveLimits({ memoryBytes: 2 * MiB });
   const bytes = await freshVmBytes(limits);
   const ticket = await admission.acquire(bytes);
   const first = await TaskVm.create({ limits });
   const memory = first.instance.memory;
-  new Uint8Array(memory.buffer).fill(7, memory.buffer.byteLength - 4096); // dirty a page
+  // dirty a live page the task never uses (deep in the C stack, below its dead top): the pool
+  // zeroes the live pages below the heap break when the memory comes back
+  const dirty = (deadStackPages(first.instance.build.facts.heapBase).first - 1) * PAGE_SIZE;
+  new Uint8Array(memory.buffer).fill(7, dirty, dirty + PAGE_SIZE);
   first.dispose();
   ticket.release(memory);
   assert.ok(isPooled(memory));
@@ -111,8 +118,8 @@ Deno.test("a disposed VM's memory is reused, zeroed, by the next VM of its size,
   const second = await TaskVm.create({ limits });
   try {
     assert.equal(second.instance.memory, memory);
-    const tail = new Uint8Array(memory.buffer, memory.buffer.byteLength - 4096);
-    assert.ok(tail.every((b) => b === 0), "zeroed before reuse");
+    const page = new Uint8Array(memory.buffer, dirty, PAGE_SIZE);
+    assert.ok(page.every((b) => b === 0), "zeroed before reuse");
     const state = second.start(
       { code: "export default async () => 6 * 7", filename: "t.js" },
       null,

@@ -211,6 +211,15 @@ function contractSuite(
       mode: "inline",
     }, T0);
     await s.retryCall(leaseOf(run), { seq: 5, error: { code: "E" }, wakeAt: at(5) }, T0);
+    await s.recordSettledCall(leaseOf(run), {
+      seq: 6,
+      service: "step",
+      path: ["run"],
+      args: [1],
+      ok: true,
+      result: 10,
+      startedAt: T0,
+    }, T0);
     await s.kvCall(leaseOf(run), {
       seq: 2,
       op: "set",
@@ -716,6 +725,50 @@ function contractSuite(
       assert.equal(failed.replayed, true);
       assert.equal(failed.status, "failed");
       assert.deepEqual(failed.error, { code: "E", name: "Error", message: "no" });
+    },
+  );
+
+  it(
+    "recordSettledCall journals a call and its outcome in one write; recordCall then replays it",
+    async (_db, store) => {
+      const run = await startRun(store);
+      const call = { service: "step", path: ["run"], args: [7] };
+      const settled = await store.recordSettledCall(leaseOf(run), {
+        seq: 1,
+        ...call,
+        ok: true,
+        result: 70,
+        startedAt: at(1),
+      }, at(2));
+      assert.equal(settled.status, "succeeded");
+      assert.equal(settled.mode, "inline");
+      assert.equal(settled.attempts, 1);
+      assert.equal(settled.idempotencyKey, `${run.id}:1`, "the key record_call would give");
+      assert.deepEqual(settled.result, 70);
+      assert.equal(ms(settled.startedAt), at(1).getTime());
+      assert.equal(ms(settled.completedAt), at(2).getTime());
+      const failed = await store.recordSettledCall(leaseOf(run), {
+        seq: 2,
+        ...call,
+        ok: false,
+        error: { code: "E", name: "Error", message: "no" },
+      }, at(3));
+      assert.equal(failed.status, "failed");
+      assert.deepEqual(failed.error, { code: "E", name: "Error", message: "no" });
+
+      const again = await claimOne(store, run.id, at(100)); // the old lease expired at 30 s
+      const replay = await store.recordCall(
+        leaseOf(again),
+        { seq: 1, ...call, mode: "inline" },
+        at(101),
+      );
+      assert.equal(replay.replayed, true, "a settled call is never executed again");
+      assert.deepEqual(replay.result, 70);
+      await rejectsWith(
+        store.recordSettledCall(leaseOf(run), { seq: 3, ...call, ok: true, result: 1 }, at(101)),
+        "STALE_LEASE",
+        409,
+      );
     },
   );
 

@@ -112,7 +112,8 @@ export const completeCall: Handler = async ({ deps, request, caller, params }) =
   requireService(caller);
   const { id, seq } = parse(callParams, params, "path");
   const body = parse(completeCallBody, await readJsonBody(request, deps.body), "body");
-  const { alreadyCompleted, ...call } = await deps.store.completeCall({
+  // through the engine's store: with an operator key, the outcome is sealed like any other
+  const { alreadyCompleted, ...call } = await deps.engine.store.completeCall({
     runId: id,
     seq,
     token: body.token,

@@ -187,6 +187,25 @@ export function sealJournal(store: Store, keys: readonly SnapshotKey[]): Store {
     }
     return out;
   };
+  /** A call's outcome with its result or error sealed (an error keeps its code in plain). */
+  const sealOutcome = async <T extends { seq: number; ok: boolean; result?: Json; error?: Json }>(
+    runId: string,
+    outcome: T,
+  ): Promise<T> => {
+    const at = `${runId}/${outcome.seq}`;
+    const key = keyFor(runId, outcome.seq);
+    const sealed = { ...outcome };
+    if (outcome.ok) {
+      sealed.result = await seal(key, `${at}/result`, outcome.result ?? null) as unknown as Json;
+    } else {
+      const code = (outcome.error as { code?: unknown } | undefined)?.code;
+      sealed.error = {
+        ...await seal(key, `${at}/error`, outcome.error ?? null),
+        ...(typeof code === "string" ? { code } : {}),
+      } as unknown as Json;
+    }
+    return sealed;
+  };
   const overrides: Partial<Store> = {
     async claimRuns(claim) {
       const runs = await store.claimRuns(claim);
@@ -208,19 +227,44 @@ export function sealJournal(store: Store, keys: readonly SnapshotKey[]): Store {
       return await openCall(lease.runId, await store.startChild(lease, child, now));
     },
     async settleCall(lease, settle, now) {
-      const at = `${lease.runId}/${settle.seq}`;
-      const key = keyFor(lease.runId, settle.seq);
-      const sealed = { ...settle };
-      if (settle.ok) {
-        sealed.result = await seal(key, `${at}/result`, settle.result ?? null) as unknown as Json;
-      } else {
-        const code = (settle.error as { code?: unknown } | undefined)?.code;
-        sealed.error = {
-          ...await seal(key, `${at}/error`, settle.error ?? null),
-          ...(typeof code === "string" ? { code } : {}),
-        } as unknown as Json;
-      }
+      const sealed = await sealOutcome(lease.runId, settle);
       return await openCall(lease.runId, await store.settleCall(lease, sealed, now));
+    },
+    async recordSettledCall(lease, call, now) {
+      const sealed = await sealOutcome(lease.runId, call);
+      const args = await sealArgs(lease.runId, call.seq, call.args);
+      return await openCall(
+        lease.runId,
+        await store.recordSettledCall(lease, { ...sealed, args }, now),
+      );
+    },
+    async retryCall(lease, retry, now) {
+      const { error } = await sealOutcome(lease.runId, { ...retry, ok: false });
+      return await openCall(lease.runId, await store.retryCall(lease, { ...retry, error }, now));
+    },
+    // an asynchronous service's completion, through the engine's store (the HTTP route)
+    async completeCall(completion, now) {
+      const { runId, seq, token } = completion;
+      const ok = completion.error === undefined;
+      const sealed = await sealOutcome(runId, {
+        seq,
+        ok,
+        result: completion.result,
+        // sealed whole, so SQL cannot fill in its defaults: the shape it would give
+        error: completion.error && {
+          name: "ServiceError",
+          code: completion.error.code ?? "SERVICE_ERROR",
+          message: completion.error.message ?? `call ${seq} failed`,
+          ...(completion.error.data !== undefined ? { data: completion.error.data } : {}),
+        },
+      });
+      const done = await store.completeCall(
+        ok
+          ? { runId, seq, token, result: sealed.result }
+          : { runId, seq, token, error: sealed.error as { code?: string } },
+        now,
+      );
+      return { ...await openCall(runId, done), alreadyCompleted: done.alreadyCompleted };
     },
     async listCalls(runId) {
       return await Promise.all((await store.listCalls(runId)).map((c) => openCall(runId, c)));

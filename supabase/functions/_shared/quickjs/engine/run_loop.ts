@@ -36,6 +36,7 @@ import { isRetryable, retryDelayMs } from "./retry.ts";
 import { isDataError, notStorableMessage, storableText, unstorablePath } from "./storable.ts";
 import type { RunStatus } from "./states.ts";
 import { type IsolateLife, unlimitedIsolate } from "./isolate.ts";
+import { SpareVm } from "./spare_vm.ts";
 import {
   freshVmBytes,
   isolateAdmission,
@@ -87,6 +88,11 @@ export interface EngineConfig {
    * snapshot_keys.ts; none: unkeyed and unsealed).
    */
   snapshotKeys?: SnapshotKey[];
+  /**
+   * Keep one fresh VM of the default limits made ahead, so a claimed run does not wait for
+   * one (spare_vm.ts; default false: it is one more VM's memory, uncounted by admission).
+   */
+  spareVm?: boolean;
 }
 
 export type EngineEvent =
@@ -136,6 +142,7 @@ export class Engine {
   readonly isolate: IsolateLife;
   readonly admission: MemoryAdmission;
   readonly snapshotKeys: readonly SnapshotKey[];
+  readonly #spare: SpareVm | undefined;
 
   constructor(config: EngineConfig) {
     this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
@@ -152,6 +159,9 @@ export class Engine {
     this.onEvent = config.onEvent ?? (() => {});
     this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
+    if (config.spareVm) {
+      this.#spare = new SpareVm(resolveLimits(), () => this.clock.now().getTime());
+    }
   }
 
   /**
@@ -160,6 +170,18 @@ export class Engine {
    */
   async prepare(): Promise<void> {
     await getBootImage();
+    this.#spare?.fill();
+  }
+
+  /** Disposes what prepare() made ahead (the spare VM). */
+  async close(): Promise<void> {
+    await this.#spare?.close();
+  }
+
+  /** A fresh VM for a run: the spare when it fits, else a new one. */
+  async freshVm(limits: SandboxLimits): Promise<TaskVm> {
+    return await this.#spare?.take(limits) ??
+      await TaskVm.create({ limits, now: () => this.clock.now().getTime() });
   }
 
   /** Claims due runs (or the one given) and runs each for one invocation, concurrently. */
@@ -258,6 +280,8 @@ interface CallEntry {
 type Known = { outcome: CallOutcome; secret: boolean; retryAt?: number };
 
 const LOG_FLUSH_LINES = 200;
+/** Ends one wait's timers (#waitForNext). */
+const WAIT_OVER = Object.freeze({ reason: "the wait is over" });
 
 class Invocation {
   readonly #engine: Engine;
@@ -272,6 +296,10 @@ class Invocation {
   #vm: TaskVm | undefined;
   /** The call table: every call the task waits on, by id. */
   readonly #calls = new Map<number, CallEntry>();
+  /** Calls running on the one-write path (#startUnjournaled): not in the journal yet. */
+  readonly #unjournaled = new Map<number, { call: HostCall; startedAt: Date }>();
+  /** The highest seq the journal had at the claim (computed when first needed). */
+  #journalTop: number | undefined;
   /** Ends the loop's current wait: a call running here settled, or a signal fired. */
   #wake: ((why: "settled" | "budget" | "lost") => void) | undefined;
   #logs: LogLine[] = [];
@@ -397,7 +425,7 @@ class Invocation {
     }
     const sealed = this.#sealedJournal();
     if (sealed) return sealed;
-    this.#vm = await TaskVm.create({ limits: this.#limits, now: this.#taskClock });
+    this.#vm = await this.#engine.freshVm(this.#limits);
     if (run.invocations > 1) {
       this.#system(`started from the top (attempt ${run.attempts}, invocation ${run.invocations})`);
     }
@@ -646,6 +674,7 @@ class Invocation {
         return known({ ok: true, value: done.value }, true, done.secret);
       }
       case "invoke": {
+        if (this.#journalsAfter(call, plan, options)) return this.#startUnjournaled(call, plan);
         // a call whose journaled args are redacted (a secret write) must run now: later
         // there would be only the redacted args to run it with
         const defer = !options.forceInline && !plan.journalArgs && !carriesSecret &&
@@ -909,7 +938,7 @@ class Invocation {
         if (this.#abort.signal.aborted) resolve("lost");
         if (this.#yield?.aborted || this.#engine.isolate.unloading.aborted) resolve("budget");
       });
-      wait.abort();
+      wait.abort(WAIT_OVER); // a reason of our own: abort() alone builds a DOMException
       this.#wake = undefined;
       if (outcome === "lost") throw new LeaseLost(String(this.#abort.signal.reason ?? "aborted"));
       if (outcome === "budget") return "budget";
@@ -956,6 +985,22 @@ class Invocation {
   /** Writes an outcome to the journal, with the log lines so far, before the task sees it. */
   async #settleInJournal(seq: number, outcome: CallOutcome, secret: boolean): Promise<void> {
     this.#collectLogs();
+    const unjournaled = this.#unjournaled.get(seq);
+    if (unjournaled) {
+      await this.#store.recordSettledCall(this.#lease, {
+        seq,
+        service: unjournaled.call.service,
+        path: unjournaled.call.path,
+        args: unjournaled.call.args,
+        ok: outcome.ok,
+        result: outcome.ok ? outcome.value ?? null : undefined,
+        error: outcome.ok ? undefined : outcome.error as unknown as Json,
+        startedAt: unjournaled.startedAt,
+        logs: this.#logs.splice(0),
+      }, this.#now);
+      this.#unjournaled.delete(seq);
+      return;
+    }
     await this.#store.settleCall(this.#lease, {
       seq,
       ok: outcome.ok,
@@ -1018,6 +1063,12 @@ class Invocation {
   async #suspend(reason: "parked" | "budget"): Promise<InvocationResult> {
     const vm = this.#vm!;
     const t0 = performance.now();
+    // a one-write call still running is parked in the snapshot: it needs its entry
+    for (const [seq, { call }] of this.#unjournaled) {
+      if (this.#calls.get(seq)?.wait.kind !== "running") continue;
+      await this.#record(call, "inline");
+      this.#unjournaled.delete(seq);
+    }
     // outcomes that arrived but were not delivered: journal them, the next invocation
     // delivers them from there instead of running the calls again
     for (const entry of this.#calls.values()) {
@@ -1094,6 +1145,51 @@ class Invocation {
       cpuMs: this.#vm?.cpuMs ?? 0,
       wallMs: performance.now() - this.#started,
     };
+  }
+
+  // ---- one write per in-process call (CustomTool.journalAfter) -------------------------------
+  //
+  // An in-process tool answers in microseconds, so its two locked transactions (record_call
+  // before, settle_call after) were most of a step's cost. When the tool opts in and the
+  // journal surely has no entry at the call's seq (the claim returned every entry after the
+  // snapshot, seqs only grow, and no other worker writes while the lease holds), nothing is
+  // written before the call: its idempotency key is what record_call would give it. Its
+  // outcome is journaled with the call in one write (#settleInJournal) before the task sees
+  // it, so a settled call is still never run twice; what the tool gives up is said at
+  // CustomTool. A suspension while such a call runs records it as started first (#suspend).
+
+  #journalsAfter(
+    call: HostCall,
+    plan: Extract<ToolPlan, { kind: "invoke" }>,
+    options: { forceInline?: boolean },
+  ): boolean {
+    if (!plan.journalAfter || plan.journalArgs || plan.secret) return false;
+    // a call that would be deferred, or one run again from the journal, takes the usual path
+    if (options.forceInline || this.#engine.durableAll || plan.timeoutMs > this.#wallLeftMs()) {
+      return false;
+    }
+    this.#journalTop ??= this.#run.calls.reduce((top, c) => Math.max(top, c.seq), 0);
+    return call.id > this.#journalTop;
+  }
+
+  #startUnjournaled(call: HostCall, plan: Extract<ToolPlan, { kind: "invoke" }>): Wait {
+    const seq = call.id;
+    this.#unjournaled.set(seq, { call, startedAt: this.#now });
+    const context: ToolCallContext = {
+      runId: this.#run.id,
+      seq,
+      // what quickjs.claim_seq gives a call at a seq the journal has no entry for
+      idempotencyKey: `${this.#run.id}:${seq}`,
+      attempt: 1,
+      signal: this.#abort.signal,
+    };
+    const work = (async (): Promise<Known> => {
+      await this.#holdLease();
+      const value = await plan.invoke(context);
+      return { outcome: { ok: true, value }, secret: false };
+    })().catch((e): Known => ({ outcome: { ok: false, error: toCallError(e) }, secret: false }));
+    this.#launch(seq, work);
+    return { kind: "running" };
   }
 
   // ---- budget, lease, logs -----------------------------------------------------------------

@@ -34,12 +34,23 @@ export interface CallCompletion {
   deadlineAt: string;
 }
 
-/** An in-process tool: `tools.<name>.<method...>(...args)`. */
-export type CustomTool = (
-  method: string[],
-  args: Json[],
-  context: ToolCallContext,
-) => Promise<Json | undefined> | Json | undefined;
+/**
+ * An in-process tool: `tools.<name>.<method...>(...args)`. With `journalAfter` set, a call
+ * is journaled once, after it ran, with its outcome (quickjs.record_settled_call: one write
+ * instead of record_call before and settle_call after), for tools with no effect outside
+ * the process or that deduplicate by their idempotency key. What such a tool gives up: a
+ * call cut off by a crash left no "started" entry, so it runs again as attempt 1 (with the
+ * same key, run id ':' seq, as before), and a call whose outcome the task never awaited
+ * before it ended is not in the journal. A settled call still never runs again; tools.kv
+ * and child runs are one fenced write each already and are not affected.
+ */
+export type CustomTool =
+  & ((
+    method: string[],
+    args: Json[],
+    context: ToolCallContext,
+  ) => Promise<Json | undefined> | Json | undefined)
+  & { journalAfter?: boolean };
 
 export type ToolPlan =
   | { kind: "sleep"; wakeAt: Date }
@@ -58,6 +69,8 @@ export type ToolPlan =
      * the outcome comes through quickjs.complete_call within `timeoutMs` of completion.
      */
     completion?: { timeoutMs: number };
+    /** Journaled once, with its outcome, after it ran (CustomTool.journalAfter). */
+    journalAfter?: boolean;
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
     /** A registered service's retry policy: failed attempts retry durably (run_loop.ts). */
     retry?: RetryPolicy;
@@ -176,6 +189,7 @@ export class ToolRegistry {
       return {
         kind: "invoke",
         timeoutMs: this.options.customTimeoutMs ?? 30_000,
+        journalAfter: custom.journalAfter === true,
         invoke: async (context) => await custom(call.path, args, context),
       };
     }

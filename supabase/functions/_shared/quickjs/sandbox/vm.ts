@@ -27,6 +27,7 @@ import {
   toRunError,
   type VmErrorDescription,
 } from "./vm_errors.ts";
+import { deadStackPages, heapBreak, PAGE_SIZE, roundUpToPage } from "./layout.ts";
 
 /** JSON-compatible value. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -402,7 +403,17 @@ export class TaskVm {
     if (this.#crashed) return; // a trapped instance cannot free; drop it whole
     disposeSetup(this.#setup);
     // the instance is done with its memory: reuse it rather than leave it to V8's next GC
-    giveBackMemory(this.instance.memory);
+    const memory = this.instance.memory;
+    const facts = this.instance.build.facts;
+    let used: number;
+    try {
+      used = roundUpToPage(heapBreak(memory, facts));
+    } catch {
+      return; // a break outside the heap: the memory cannot be trusted, V8 frees it
+    }
+    // what a new VM's set-up and a restore rely on: the live pages (layout.ts)
+    const dead = deadStackPages(facts.heapBase);
+    giveBackMemory(memory, [[0, dead.first * PAGE_SIZE], [dead.end * PAGE_SIZE, used]]);
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */

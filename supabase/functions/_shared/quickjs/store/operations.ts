@@ -246,6 +246,24 @@ export const OPERATIONS = {
     params: { p_now: d("timestamptz") },
     returns: returnsInt,
   },
+  record_settled_call: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_service: "text",
+      p_method_path: "text[]",
+      p_args: jsonb<Json[]>(),
+      p_ok: "boolean",
+      p_result: d("jsonb"),
+      p_error: d("jsonb"),
+      p_started_at: d("timestamptz"),
+      p_logs: d(jsonb<LogLine[]>()),
+      p_now: d("timestamptz"),
+      p_result_text: d("text"),
+    },
+    returns: returnsJsonb<CallRecord>(),
+  },
   kv_call: {
     params: {
       p_run_id: "uuid",

@@ -41,7 +41,13 @@ export function postgresDriver(url: string, options: PostgresOptions = {}): SqlD
         args,
         (type, value) => type === "jsonb" || type === "text[]" ? sql.json(value as never) : value,
       );
-      const rows = await sql.unsafe(text, params as postgres.ParameterOrJSON<never>[]);
+      // prepared: postgres.js sends an unprepared query with parameters as Parse/Describe,
+      // waits for the parameter types, then Bind/Execute, two round trips for each call;
+      // a prepared one is one round trip after its first use (with prepare: false for a
+      // transaction pooler, the option given to postgres() wins)
+      const rows = await sql.unsafe(text, params as postgres.ParameterOrJSON<never>[], {
+        prepare: true,
+      });
       // bytea arrives as a Buffer
       return sqlResult(op, rows, (value) => asUint8Array(value as Uint8Array));
     },

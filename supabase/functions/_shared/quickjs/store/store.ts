@@ -73,7 +73,9 @@ export class Store {
   }
 
   /** An operation that returns a journal entry: its result read with its keys in order. */
-  async #calls<Op extends "record_call" | "start_child" | "settle_call" | "retry_call">(
+  async #calls<
+    Op extends "record_call" | "start_child" | "settle_call" | "retry_call" | "record_settled_call",
+  >(
     op: Op,
     args: OperationArgs<Op>,
   ): Promise<CallRecord> {
@@ -283,6 +285,37 @@ export class Store {
     });
   }
 
+  /**
+   * A call that has already run, journaled with its outcome in one fenced write
+   * (quickjs.record_settled_call): record_call and settle_call at once.
+   */
+  recordSettledCall(lease: Lease, call: {
+    seq: number;
+    service: string;
+    path: string[];
+    args: Json[];
+    ok: boolean;
+    result?: Json;
+    error?: Json;
+    startedAt?: Date;
+    logs?: LogLine[];
+  }, now?: Date): Promise<CallRecord> {
+    return this.#calls("record_settled_call", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: call.seq,
+      p_service: call.service,
+      p_method_path: call.path,
+      p_args: call.args,
+      p_ok: call.ok,
+      p_result: call.ok ? call.result ?? null : null,
+      p_error: call.ok ? null : call.error ?? null,
+      p_started_at: call.startedAt ?? null,
+      p_logs: call.logs ?? [],
+      p_result_text: call.ok ? orderedText(call.result) : undefined,
+      p_now: now,
+    });
+  }
   /** Before an asynchronous call is sent (again): the hash of the token it carries. */
   issueCompletion(lease: Lease, seq: number, sha256: string, now?: Date): Promise<CallRecord> {
     return this.#call("issue_completion", {
