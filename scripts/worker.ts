@@ -31,6 +31,7 @@
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
 import {
+  completionBaseUrlFromEnv,
   type CustomTool,
   Engine,
   httpOptionsFromEnv,
@@ -139,7 +140,11 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const store = await openStore(db, { migrate: options.migrate || db === "pglite" });
   const engine = new Engine({
     store,
-    tools: new ToolRegistry(store, { http: httpOptionsFromEnv(Deno.env), custom: options.tools }),
+    tools: new ToolRegistry(store, {
+      http: httpOptionsFromEnv(Deno.env),
+      custom: options.tools,
+      completionBaseUrl: completionBaseUrlFromEnv(Deno.env),
+    }),
     workerId: options.workerId,
     leaseSeconds: options.leaseSeconds,
     inlineSleepMaxMs: options.inlineSleepMaxMs,

@@ -86,11 +86,14 @@ create table quickjs.runs (
   constraint runs_leased check (
     status <> 'running' or (lease_owner is not null and lease_expires_at is not null and fencing_token is not null)),
   constraint runs_final check ((status in ('completed', 'failed', 'cancelled')) = (finished_at is not null)),
-  constraint runs_wakeable check (status <> 'suspended' or wake_at is not null or waiting_on ? 'children'),
+  -- an asynchronous call has a deadline (quickjs.expire_completions, from the tick)
+  constraint runs_wakeable check (status <> 'suspended' or wake_at is not null
+    or waiting_on ?| array['children', 'completions']),
   constraint runs_outcome check (status <> 'completed' or (result is not null and error is null))
 );
 comment on table quickjs.runs is
-  'One execution of a task. A suspended run always has a way to wake: wake_at or a child run.';
+  'One execution of a task. A suspended run always has a way to wake: wake_at, a child run, or '
+  'an asynchronous call''s completion or deadline.';
 comment on column quickjs.runs.attempts is 'Claims so far: how many invocations have worked on the run.';
 comment on column quickjs.runs.lease_expirations is
   'Times a worker lost the run without reporting back (crash, timeout); too many fails the run.';
@@ -133,6 +136,10 @@ create table quickjs.calls (
   idempotency_key text not null,
   wake_at timestamptz,
   child_run_id uuid references quickjs.runs (id) on delete set null,
+  -- an asynchronous call (quickjs.complete_call)
+  completion_sha256 text,
+  completion_sent_at timestamptz,
+  deadline_at timestamptz,
   created_at timestamptz not null default now(),
   started_at timestamptz,
   completed_at timestamptz,
@@ -142,6 +149,16 @@ create table quickjs.calls (
 comment on table quickjs.calls is
   'Journal of host calls. A settled call is never executed again: its outcome is delivered from '
   'here. A call in flight when its worker died is retried with the same idempotency key.';
+comment on column quickjs.calls.completion_sha256 is
+  'An asynchronous call: SHA-256 (hex) of the completion token last sent with it. A re-sent call '
+  '(its first send''s fate unknown) carries a new token; only the last one completes it.';
+comment on column quickjs.calls.completion_sent_at is
+  'An asynchronous call: when the service acknowledged it (null: not yet, or being re-sent).';
+comment on column quickjs.calls.deadline_at is
+  'An asynchronous call: when it fails CALL_TIMEOUT if no completion came.';
+create index calls_deadline on quickjs.calls (deadline_at)
+  where deadline_at is not null and completed_at is null;
+comment on index quickjs.calls_deadline is 'The asynchronous calls still waiting, by deadline.';
 
 create table quickjs.snapshots (
   run_id uuid primary key references quickjs.runs (id) on delete cascade,
@@ -193,12 +210,22 @@ create table quickjs.services (
   url text not null check (url ~ '^https?://'),
   headers jsonb not null default '{}' check (jsonb_typeof(headers) = 'object'),
   timeout_ms int not null default 30000 check (timeout_ms between 100 and 900000),
+  -- async: see quickjs.complete_call
+  completion text not null default 'inline' check (completion in ('inline', 'async')),
+  -- 1 s .. 30 days
+  completion_timeout_ms bigint not null default 86400000
+    check (completion_timeout_ms between 1000 and 2592000000),
   description text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
 comment on table quickjs.services is
   'External services tasks call as tools.<name>.<method>(args): a POST of {method, args} to url.';
+comment on column quickjs.services.completion is
+  'inline: the call''s result is the HTTP answer (within timeout_ms). async: the answer only '
+  'acknowledges; the result comes later through quickjs.complete_call().';
+comment on column quickjs.services.completion_timeout_ms is
+  'async: how long after the call was sent its completion may come; then CALL_TIMEOUT.';
 
 create table quickjs.settings (
   key text primary key,

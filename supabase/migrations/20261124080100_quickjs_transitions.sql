@@ -37,7 +37,11 @@ create function quickjs.call_json(c quickjs.calls) returns jsonb language sql st
     'seq', c.seq, 'service', c.service, 'path', to_jsonb(c.method_path), 'args', c.args,
     'mode', c.mode, 'status', c.status, 'error', c.error, 'attempts', c.attempts,
     'idempotencyKey', c.idempotency_key, 'wakeAt', c.wake_at, 'childRunId', c.child_run_id,
-    'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at))
+    'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at,
+    'deadlineAt', c.deadline_at,
+    -- sent, waiting for its completion: a restored VM must not send it again
+    'awaiting', case when c.completion_sent_at is not null and c.completed_at is null
+                     then true end))
     || case when c.status = 'succeeded' then jsonb_build_object('result', c.result) else '{}' end
 $$;
 comment on function quickjs.call_json is 'A journal entry as the API and the engine see it (camelCase).';
@@ -452,6 +456,126 @@ begin
 end $$;
 comment on function quickjs.append_run_logs is 'Appends console lines for a run the caller holds the lease of.';
 
+-- ---- asynchronous calls -------------------------------------------------------------------
+-- A service registered with completion = 'async' gets the call with a completion URL and a
+-- one-call token, acknowledges it at once, and completes it later (POST
+-- …/runs/:id/calls/:seq/complete, or quickjs.complete_call() in SQL), however long after;
+-- the run waits suspended. The service's completion_timeout_ms fails it CALL_TIMEOUT. As
+-- Temporal's asynchronous activity completion and Step Functions' task tokens.
+
+create function quickjs.issue_completion(
+  p_run_id uuid, p_token bigint, p_seq int, p_sha256 text, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  update quickjs.calls set completion_sha256 = p_sha256, completion_sent_at = null,
+    deadline_at = null, started_at = coalesce(started_at, p_now)
+  where run_id = r.id and seq = p_seq and completed_at is null
+  returning * into c;
+  if not found then
+    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+    if not found then
+      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
+    end if;
+  end if;
+  return quickjs.call_json(c);
+end $$;
+comment on function quickjs.issue_completion is
+  'Before an asynchronous call is sent (again): keeps the hash of the token it carries, so that '
+  'a completion racing the acknowledgement is accepted, and an earlier send''s token is not.';
+
+create function quickjs.completion_sent(
+  p_run_id uuid, p_token bigint, p_seq int, p_deadline_at timestamptz,
+  p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  update quickjs.calls set completion_sent_at = p_now, deadline_at = p_deadline_at
+  where run_id = r.id and seq = p_seq and completed_at is null
+  returning * into c;
+  if not found then
+    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
+    if not found then
+      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
+    end if;
+  end if;
+  return quickjs.call_json(c);
+end $$;
+comment on function quickjs.completion_sent is
+  'The service acknowledged an asynchronous call: it now waits for its completion until '
+  'p_deadline_at (returns the entry, settled already if the completion came first).';
+
+create function quickjs.complete_call(
+  p_run_id uuid, p_seq int, p_completion_token text, p_ok boolean, p_result jsonb default null,
+  p_error jsonb default null, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  c quickjs.calls;
+  v_error jsonb;
+begin
+  select * into c from quickjs.calls where run_id = p_run_id and seq = p_seq for update;
+  if not found then
+    perform quickjs.raise_error('CALL_NOT_FOUND',
+      format('run %s has no call %s', p_run_id, p_seq), 'QJ404');
+  end if;
+  if c.completion_sha256 is null
+     or c.completion_sha256 <> encode(sha256(convert_to(coalesce(p_completion_token, ''), 'UTF8')), 'hex') then
+    perform quickjs.raise_error('COMPLETION_REFUSED', format(
+      'call %s of run %s does not take this completion token (not an asynchronous call, or '
+      're-sent since with a new token)', p_seq, p_run_id), 'QJ403');
+  end if;
+  -- a completion delivered twice (the service retried its POST) changes nothing
+  if c.completed_at is not null then
+    return quickjs.call_json(c) || jsonb_build_object('alreadyCompleted', true);
+  end if;
+  if not p_ok then
+    v_error := jsonb_build_object('name', 'ServiceError',
+      'code', coalesce(p_error ->> 'code', 'SERVICE_ERROR'),
+      'message', coalesce(p_error ->> 'message', format('%s failed', c.service)))
+      || case when p_error ? 'data' then jsonb_build_object('data', p_error -> 'data') else '{}' end;
+  end if;
+  update quickjs.calls set
+    status = case when p_ok then 'succeeded' else 'failed' end::quickjs.call_status,
+    result = case when p_ok then coalesce(p_result, 'null') end,
+    error = v_error, completed_at = p_now
+  where run_id = c.run_id and seq = c.seq returning * into c;
+  -- the run waits suspended on it: continue it now (a running one sees the settled call
+  -- when it suspends, and continues at once)
+  perform quickjs.wake_run(r.id, p_now) from quickjs.runs r
+  where r.id = c.run_id and r.status = 'suspended' and c.seq = any (quickjs.parked_calls(r));
+  return quickjs.call_json(c) || jsonb_build_object('alreadyCompleted', false);
+end $$;
+comment on function quickjs.complete_call is
+  'Completes an asynchronous call with its result (p_ok) or error ({code, message, data}), '
+  'given the token it was sent with; wakes the run. Completing a completed call is a no-op.';
+
+create function quickjs.expire_completions(p_now timestamptz default now())
+returns int language plpgsql as $$
+declare
+  v_count int := 0;
+  c quickjs.calls;
+begin
+  for c in
+    update quickjs.calls set status = 'failed', completed_at = p_now,
+      error = jsonb_build_object('name', 'ToolError', 'code', 'CALL_TIMEOUT', 'message', format(
+        '%s.%s: no completion by its deadline (%s)', service, array_to_string(method_path, '.'),
+        deadline_at))
+    where deadline_at <= p_now and completed_at is null and completion_sent_at is not null
+    returning *
+  loop
+    v_count := v_count + 1;
+    perform quickjs.wake_run(r.id, p_now) from quickjs.runs r
+    where r.id = c.run_id and r.status = 'suspended';
+  end loop;
+  return v_count;
+end $$;
+comment on function quickjs.expire_completions is
+  'Fails CALL_TIMEOUT the asynchronous calls whose deadline passed, and wakes their runs (tick).';
+
 -- ---- child runs ---------------------------------------------------------------------------
 
 create function quickjs.start_child(
@@ -609,9 +733,9 @@ begin
   v_ready := (p_wake_at is not null and p_wake_at <= p_now) or exists (
     select 1 from quickjs.calls where run_id = r.id and seq = any (v_parked)
       and status in ('succeeded', 'failed'));
-  if not v_ready and p_wake_at is null and not (p_waiting_on ? 'children') then
+  if not v_ready and p_wake_at is null and not (p_waiting_on ?| array['children', 'completions']) then
     perform quickjs.raise_error('NOT_WAKEABLE',
-      'a run may only suspend with a wake time or a child run to wait for');
+      'a run may only suspend with a wake time, a child run or a completion to wait for');
   end if;
   update quickjs.runs set
     status = case when v_ready then 'queued' else 'suspended' end::quickjs.run_status,
@@ -782,7 +906,8 @@ comment on function quickjs.kv_call is
   'transaction, so a stale worker changes nothing and each call takes effect once.';
 
 create function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
-  select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms)
+  select jsonb_build_object('name', name, 'url', url, 'headers', headers, 'timeoutMs', timeout_ms,
+    'completion', completion, 'completionTimeoutMs', completion_timeout_ms)
   from quickjs.services where name = p_name
 $$;
 comment on function quickjs.get_service is 'The registered external service of that name, or null.';

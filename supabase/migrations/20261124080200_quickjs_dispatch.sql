@@ -35,6 +35,7 @@ comment on trigger runs_dispatch on quickjs.runs is 'See quickjs.runs_dispatch()
 create function quickjs.tick(p_now timestamptz default now()) returns jsonb language plpgsql as $$
 declare
   v_requeued int := quickjs.requeue_expired_leases(p_now);
+  v_expired int := quickjs.expire_completions(p_now);
   v_woken int;
 begin
   select count(quickjs.wake_run(id, p_now)) into v_woken
@@ -46,11 +47,11 @@ begin
   where status = 'queued' and run_at <= p_now
     and (run_at > updated_at or run_at <= p_now - interval '1 minute')
   order by run_at limit 100;
-  return jsonb_build_object('requeued', v_requeued, 'woken', v_woken);
+  return jsonb_build_object('requeued', v_requeued, 'woken', v_woken, 'expired', v_expired);
 end $$;
 comment on function quickjs.tick is
   'pg_cron calls this every 10 s (every minute before pg_cron 1.5): requeues runs whose worker '
-  'vanished, wakes sleepers that are due, announces queued runs that became due or were lost.';
+  'vanished, fails asynchronous calls past their deadline, wakes sleepers that are due, announces queued runs that became due or were lost.';
 
 create function quickjs.next_wake_at(p_now timestamptz default now()) returns jsonb
 language sql stable as $$

@@ -413,11 +413,11 @@ test("tick wakes due sleepers and requeues expired leases, and leaves runs waiti
   const child = await claimOne(store, call.childRunId!, at(1), { leaseSeconds: 3600 });
   const lost = await startRun(store, T0, { leaseSeconds: 60 });
 
-  assert.deepEqual(await store.tick(at(59)), { requeued: 0, woken: 0 });
-  assert.deepEqual(await store.tick(at(61)), { requeued: 1, woken: 0 });
+  assert.deepEqual(await store.tick(at(59)), { requeued: 0, woken: 0, expired: 0 });
+  assert.deepEqual(await store.tick(at(61)), { requeued: 1, woken: 0, expired: 0 });
   assert.equal((await runRow(db, lost.id)).status, "queued");
   assert.equal((await runRow(db, sleeper.id)).status, "suspended");
-  assert.deepEqual(await store.tick(at(120)), { requeued: 0, woken: 1 });
+  assert.deepEqual(await store.tick(at(120)), { requeued: 0, woken: 1, expired: 0 });
   assert.equal((await runRow(db, sleeper.id)).status, "queued");
   assert.equal((await runRow(db, waiter.id)).status, "suspended");
   assert.equal((await runRow(db, child.id)).status, "running");

@@ -70,7 +70,7 @@ test("POST /quickjs/tick wakes a run whose sleep is due and runs it to the end",
 
   const early = await send(app, "/quickjs/tick");
   assert.equal(early.status, 200);
-  assert.deepEqual(early.body.tick, { requeued: 0, woken: 0 });
+  assert.deepEqual(early.body.tick, { requeued: 0, woken: 0, expired: 0 });
   assert.deepEqual(early.body.invocations, []);
 
   clock.advance(TWO_HOURS + 1_000);

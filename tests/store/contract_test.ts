@@ -187,6 +187,20 @@ function contractSuite(
       wakeAt: at(10),
     }, T0);
     await s.settleCall(leaseOf(run), { seq: 1, ok: true, result: null }, T0);
+    await s.recordCall(leaseOf(run), {
+      seq: 4,
+      service: "svc",
+      path: ["m"],
+      args: [],
+      mode: "inline",
+      wakeAt: null,
+    }, T0);
+    // sha256("t")
+    const tHash = "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8";
+    await s.issueCompletion(leaseOf(run), 4, tHash, T0);
+    await s.completionSent(leaseOf(run), 4, at(60), T0);
+    await s.completeCall({ runId: run.id, seq: 4, token: "t", result: 1 }, T0);
+    await s.expireCompletions(T0);
     await s.kvCall(leaseOf(run), {
       seq: 2,
       op: "set",
@@ -1215,11 +1229,11 @@ function contractSuite(
       waitingOn: { calls: [1], wakeAt: at(61).toISOString() },
     }, at(1));
     const crashed = await startRun(store, T0, { leaseSeconds: 30 });
-    assert.deepEqual(await store.tick(at(10)), { requeued: 0, woken: 0 });
-    assert.deepEqual(await store.tick(at(61)), { requeued: 1, woken: 1 });
+    assert.deepEqual(await store.tick(at(10)), { requeued: 0, woken: 0, expired: 0 });
+    assert.deepEqual(await store.tick(at(61)), { requeued: 1, woken: 1, expired: 0 });
     assert.equal((await store.getRun(sleeper.id))?.status, "queued");
     assert.equal((await store.getRun(crashed.id))?.status, "queued");
-    assert.deepEqual(await store.tick(at(62)), { requeued: 0, woken: 0 });
+    assert.deepEqual(await store.tick(at(62)), { requeued: 0, woken: 0, expired: 0 });
   });
 
   it(
@@ -1281,6 +1295,8 @@ function contractSuite(
       url: "https://svc.example.com/fn",
       headers: { "x-api-key": "k" },
       timeoutMs: 5000,
+      completion: "inline",
+      completionTimeoutMs: 86_400_000,
     });
     assert.equal(await store.getService("no_such_service"), null);
   });

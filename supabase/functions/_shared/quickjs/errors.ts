@@ -147,12 +147,19 @@ export const ERROR_CODES = Object.freeze(
     SERVICE_ERROR: {
       where: "call",
       status: 502,
+      sql: true,
       about: "a registered service answered an error or could not be reached",
     },
     SERVICE_TIMEOUT: {
       where: "call",
       status: 504,
       about: "a registered service did not answer (or finish its body) in time",
+    },
+    CALL_TIMEOUT: {
+      where: "call",
+      status: 504,
+      sql: true,
+      about: "an asynchronous call got no completion by its deadline (completion_timeout_ms)",
     },
     CHILD_FAILED: {
       where: "call",
@@ -209,6 +216,12 @@ export const ERROR_CODES = Object.freeze(
       status: 404,
       sql: true,
       about: "no journal entry of that sequence number",
+    },
+    COMPLETION_REFUSED: {
+      where: "store",
+      status: 403,
+      sql: true,
+      about: "not the token the asynchronous call was last sent with",
     },
     IDEMPOTENCY_CONFLICT: {
       where: "store",

@@ -44,6 +44,8 @@ export { MAX_SLEEP_MS, parseDuration } from "./engine/durations.ts";
 
 // tools
 export {
+  type CallCompletion,
+  completionBaseUrlFromEnv,
   type CustomTool,
   type ToolCallContext,
   ToolRegistry,

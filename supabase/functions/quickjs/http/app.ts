@@ -7,6 +7,7 @@ import { type AuthConfig, createAuthenticator } from "./auth.ts";
 import { errorResponse, HttpError } from "./errors.ts";
 import {
   cancelRun,
+  completeCall,
   getRun,
   type Handler,
   type HandlerDeps,
@@ -55,6 +56,10 @@ const ROUTES: { path: RegExp; methods: Partial<Record<Method, Handler>> }[] = [
   { path: /^\/runs\/(?<id>[^/]+)$/, methods: { GET: getRun } },
   { path: /^\/runs\/(?<id>[^/]+)\/cancel$/, methods: { POST: cancelRun } },
   { path: /^\/runs\/(?<id>[^/]+)\/resume$/, methods: { POST: resumeRun } },
+  {
+    path: /^\/runs\/(?<id>[^/]+)\/calls\/(?<seq>[^/]+)\/complete$/,
+    methods: { POST: completeCall },
+  },
   { path: /^\/tick$/, methods: { POST: tick } },
 ];
 

@@ -7,7 +7,9 @@ import { type Caller, requireService } from "./auth.ts";
 import { type BodyLimits, readJsonBody } from "./body.ts";
 import { HttpError } from "./errors.ts";
 import {
+  callParams,
   cancelRunBody,
+  completeCallBody,
   parse,
   resumeRunBody,
   runParams,
@@ -99,6 +101,24 @@ export const cancelRun: Handler = async ({ deps, request, caller, params }) => {
     now: deps.engine.clock.now(),
   });
   return Response.json({ run });
+};
+
+/**
+ * POST /runs/:id/calls/:seq/complete (service role): an asynchronous service completes the
+ * call it was sent, with the token that came with it; the run continues. A second
+ * completion of the same call answers 200 and changes nothing (`alreadyCompleted`).
+ */
+export const completeCall: Handler = async ({ deps, request, caller, params }) => {
+  requireService(caller);
+  const { id, seq } = parse(callParams, params, "path");
+  const body = parse(completeCallBody, await readJsonBody(request, deps.body), "body");
+  const { alreadyCompleted, ...call } = await deps.store.completeCall({
+    runId: id,
+    seq,
+    token: body.token,
+    ...(body.error ? { error: body.error } : { result: body.result ?? null }),
+  }, deps.engine.clock.now());
+  return Response.json({ call, alreadyCompleted });
 };
 
 /**

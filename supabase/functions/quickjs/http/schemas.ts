@@ -84,6 +84,29 @@ export function startRunBody(maxWaitMs: number) {
     });
 }
 
+/** POST /runs/:id/calls/:seq/complete: the path. */
+export const callParams = z.strictObject({
+  id: z.guid("must be a uuid"),
+  seq: z.coerce.number().int().min(1).max(2 ** 31 - 1),
+});
+
+/**
+ * POST /runs/:id/calls/:seq/complete: the token the call was sent with, and its `result`
+ * or its `error` ({code, message, data}), not both.
+ */
+export const completeCallBody = z.strictObject({
+  token: z.string().min(1).max(200),
+  result: jsonInput.optional(),
+  error: z.strictObject({
+    code: z.string().regex(/^[A-Za-z][A-Za-z0-9_.-]{0,63}$/, "must be a short code").optional(),
+    message: storableString().max(10_000).optional(),
+    data: jsonInput.optional(),
+  }).optional(),
+}).refine((body) => body.result === undefined || body.error === undefined, {
+  error: "give result or error, not both",
+  path: ["error"],
+});
+
 /** POST /runs/:id/cancel; the body is optional. */
 export const cancelRunBody = z.strictObject({ reason: storableString().max(1000).optional() })
   .optional();

@@ -5,6 +5,7 @@
  * over a local dev database.
  */
 import {
+  completionBaseUrlFromEnv,
   Engine,
   httpOptionsFromEnv,
   type IsolateLife,
@@ -115,7 +116,10 @@ export function appForStore(
 ): App {
   const engine = new Engine({
     store,
-    tools: new ToolRegistry(store, { http: httpOptionsFromEnv(env) }),
+    tools: new ToolRegistry(store, {
+      http: httpOptionsFromEnv(env),
+      completionBaseUrl: completionBaseUrlFromEnv(env),
+    }),
     workerId: `edge-${crypto.randomUUID().slice(0, 8)}`,
     isolate: options.isolate,
   });

@@ -3,7 +3,7 @@
  * builds use. Registering it here, behind the dev entry, keeps its wasm package out of
  * the deployed function's graph (tests/deploy/graph_test.ts).
  */
-import { newQuickJSWASMModuleFromVariant } from "quickjs-emscripten";
+import { newQuickJSWASMModuleFromVariant } from "quickjs-emscripten-core";
 import syncPackage from "@jitl/quickjs-wasmfile-release-sync/package.json" with { type: "json" };
 import { registerVariant } from "../sandbox/wasm.ts";
 

@@ -224,6 +224,8 @@ type Wait =
   | { kind: "timer"; wakeAt: number; hold: boolean }
   /** A child run; SQL settles the call when the child ends. */
   | { kind: "child"; childRunId: string }
+  /** Handed to an asynchronous service; SQL settles it on completion or at its deadline. */
+  | { kind: "completion" }
   /** Continues in the next invocation: a checkpoint, a call deferred past the budget. */
   | { kind: "next" }
   /**
@@ -459,6 +461,8 @@ class Invocation {
       return { kind: "timer", wakeAt, hold: false };
     }
     if (call.childRunId) return { kind: "child", childRunId: call.childRunId };
+    // sent and acknowledged: its service completes it, it is not sent again
+    if (call.awaiting) return { kind: "completion" };
     // an external call cut off by the last suspension, deferred to this invocation, or a
     // secret read (the journal keeps only a marker): run it now
     const again: HostCall = {
@@ -628,10 +632,11 @@ class Invocation {
           attempt: Math.max(record.attempts, 1),
           signal: this.#abort.signal,
         };
-        const work = (async (): Promise<Known> => {
+        const work = (async (): Promise<Known | "awaiting"> => {
           // the lease is checked right before the call leaves: a worker that was paused
           // past its lease (SIGSTOP, a long GC) must not send what another worker owns now
           await this.#holdLease();
+          if (plan.completion) return await this.#handOver(seq, plan.completion, plan, context);
           const value = await plan.invoke(context);
           return { outcome: { ok: true, value }, secret: plan.secret?.(value) ?? false };
         })().catch((e): Known => ({
@@ -660,14 +665,50 @@ class Invocation {
     }, this.#now);
   }
 
-  /** Runs a call in this process; when it settles it becomes ready, stamped with the time. */
-  #launch(seq: number, work: Promise<Known>): void {
-    work.then(({ outcome, secret }) => {
+  /**
+   * Runs a call in this process; when it settles it becomes ready, stamped with the time;
+   * an asynchronous call, once its service acknowledged it, waits for its completion.
+   */
+  #launch(seq: number, work: Promise<Known | "awaiting">): void {
+    work.then((known) => {
       const entry = this.#calls.get(seq);
       if (entry?.wait.kind !== "running") return; // the invocation ended meanwhile
-      entry.wait = { kind: "ready", outcome, secret, at: this.#now.getTime(), journaled: false };
+      entry.wait = known === "awaiting" ? { kind: "completion" } : {
+        kind: "ready",
+        outcome: known.outcome,
+        secret: known.secret,
+        at: this.#now.getTime(),
+        journaled: false,
+      };
       this.#wake?.("settled");
     });
+  }
+
+  /**
+   * Sends an asynchronous call with a fresh completion token, whose hash is journaled first
+   * (a completion may race the acknowledgement); a re-send (after a crash, say) carries a
+   * new token and only that one completes the call. "awaiting" once acknowledged, or the
+   * outcome if the completion already came.
+   */
+  async #handOver(
+    seq: number,
+    completion: { timeoutMs: number },
+    plan: { invoke: (context: ToolCallContext) => Promise<Json | undefined> },
+    context: ToolCallContext,
+  ): Promise<Known | "awaiting"> {
+    const token = completionToken();
+    await this.#store.issueCompletion(this.#lease, seq, await sha256Hex(token), this.#now);
+    const deadline = new Date(this.#now.getTime() + completion.timeoutMs);
+    const url = this.#engine.tools.completionUrl(this.#run.id, seq);
+    await plan.invoke({
+      ...context,
+      completion: { token, ...(url ? { url } : {}), deadlineAt: deadline.toISOString() },
+    });
+    const record = await this.#store.completionSent(this.#lease, seq, deadline, this.#now);
+    if (record.status === "succeeded" || record.status === "failed") {
+      return { outcome: outcomeOf(record), secret: false };
+    }
+    return "awaiting";
   }
 
   /**
@@ -859,6 +900,7 @@ class Invocation {
     });
     const parked = snapshot.header.parkedCalls;
     const children: string[] = [];
+    const completions: number[] = [];
     let wakeAt: number | null = null;
     let now = reason === "budget";
     for (const seq of parked) {
@@ -866,12 +908,14 @@ class Invocation {
       if (wait?.kind === "timer") {
         if (wakeAt === null || wait.wakeAt < wakeAt) wakeAt = wait.wakeAt;
       } else if (wait?.kind === "child") children.push(wait.childRunId);
+      else if (wait?.kind === "completion") completions.push(seq);
       // running here (it runs again), ready (delivered from the journal), next: at once
       else now = true;
     }
     const wake = now ? this.#now : wakeAt === null ? null : new Date(wakeAt);
     const waitingOn: WaitingOn = { calls: parked };
     if (children.length) waitingOn.children = children;
+    if (completions.length) waitingOn.completions = completions;
     if (wake) waitingOn.wakeAt = wake.toISOString();
     if (reason === "budget" && this.#engine.isolate.unloading.aborted) {
       this.#system(
@@ -1045,4 +1089,16 @@ function outcomeOf(call: CallRecord): CallOutcome {
       ...(error.data !== undefined ? { data: error.data } : {}),
     },
   };
+}
+
+/** 32 random bytes, base64url: what a service completes an asynchronous call with. */
+function completionToken(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_")
+    .replace(/=+$/, "");
+}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }

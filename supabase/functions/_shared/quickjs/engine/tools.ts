@@ -17,6 +17,20 @@ export interface ToolCallContext {
   idempotencyKey: string;
   attempt: number;
   signal: AbortSignal;
+  /** An asynchronous call: what the service completes it with later. */
+  completion?: CallCompletion;
+}
+
+/**
+ * Sent with an asynchronous call: the service acknowledges at once and completes the call
+ * later, however long after, with `token` (POST `url` with service auth, or
+ * quickjs.complete_call() in SQL), until `deadlineAt`; then the call fails CALL_TIMEOUT.
+ */
+export interface CallCompletion {
+  token: string;
+  /** POST here {token, result} or {token, error: {code, message}}; absent: SQL only. */
+  url?: string;
+  deadlineAt: string;
 }
 
 /** An in-process tool: `tools.<name>.<method...>(...args)`. */
@@ -38,6 +52,11 @@ export type ToolPlan =
     secret?: (result: Json | undefined) => boolean;
     /** What the journal stores instead of the arguments (a secret being written). */
     journalArgs?: Json[];
+    /**
+     * An asynchronous service: `invoke` only hands the call over (`timeoutMs` bounds that);
+     * the outcome comes through quickjs.complete_call within `timeoutMs` of completion.
+     */
+    completion?: { timeoutMs: number };
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
   }
   /**
@@ -62,6 +81,24 @@ export interface ToolsOptions {
   custom?: Record<string, CustomTool>;
   /** Default timeout of in-process tools. */
   customTimeoutMs?: number;
+  /**
+   * Where services complete asynchronous calls: the function's base URL (…/functions/v1/quickjs);
+   * a call's URL is <base>/runs/<id>/calls/<seq>/complete. Absent: they complete in SQL.
+   */
+  completionBaseUrl?: string;
+}
+
+/**
+ * Where services complete asynchronous calls: QUICKJS_FUNCTION_URL (the function's public
+ * URL, …/functions/v1/quickjs), else the one SUPABASE_URL implies; none: SQL only.
+ */
+export function completionBaseUrlFromEnv(
+  env: { get(name: string): string | undefined },
+): string | undefined {
+  const explicit = env.get("QUICKJS_FUNCTION_URL");
+  if (explicit) return explicit;
+  const project = env.get("SUPABASE_URL");
+  return project ? `${project.replace(/\/+$/, "")}/functions/v1/quickjs` : undefined;
 }
 
 /** What the journal holds instead of a secret value. */
@@ -150,8 +187,17 @@ export class ToolRegistry {
     return {
       kind: "invoke",
       timeoutMs: service.timeoutMs,
+      ...(service.completion === "async"
+        ? { completion: { timeoutMs: service.completionTimeoutMs } }
+        : {}),
       invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
     };
+  }
+
+  /** The URL a service completes call `seq` of run `runId` at, when the engine knows one. */
+  completionUrl(runId: string, seq: number): string | undefined {
+    const base = this.options.completionBaseUrl?.replace(/\/+$/, "");
+    return base ? `${base}/runs/${runId}/calls/${seq}/complete` : undefined;
   }
 
   #kv(method: string, args: Json[]): ToolPlan {
@@ -199,6 +245,8 @@ interface ServiceInfo {
   url: string;
   headers: Record<string, string>;
   timeoutMs: number;
+  completion?: "inline" | "async";
+  completionTimeoutMs: number;
 }
 
 function sleepTarget(call: HostCall, now: Date): Date {
@@ -230,7 +278,9 @@ function unknownMethod(service: string, method: string, known: string[]): ToolEr
 /**
  * A registered service: POST <url> with {method, args, runId, seq, attempt} and an
  * Idempotency-Key header. A 2xx reply's JSON (its `result` if it has one) is the value; any
- * other reply fails the call with the body's {error: {code, message}} if it has one.
+ * other reply fails the call with the body's {error: {code, message}} if it has one. An
+ * asynchronous call also carries `completion` ({token, url, deadlineAt}); its 2xx reply only
+ * acknowledges it.
  */
 async function callService(
   service: ServiceInfo,
@@ -258,6 +308,7 @@ async function callService(
         seq: context.seq,
         attempt: context.attempt,
         idempotencyKey: context.idempotencyKey,
+        ...(context.completion ? { completion: context.completion } : {}),
       }),
       signal: AbortSignal.any([context.signal, timeout]),
     });

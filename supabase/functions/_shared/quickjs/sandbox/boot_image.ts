@@ -9,7 +9,7 @@
  * is paid once per process, not per VM. The handles the host keeps (the prelude's
  * internals) are rebuilt at the addresses the boot image recorded.
  */
-import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten-core";
 import { PRELUDE_SOURCE } from "./prelude.ts";
 import { InterruptWatch } from "./limits.ts";
 import {
@@ -201,6 +201,8 @@ export function getBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<Boo
 
 /** The context's random state is one 64-bit word: two 32-bit words, no more. */
 const MAX_SEED_WORDS = 2;
+/** Where in the JSContext its random state is looked for (the struct is ~1 KiB). */
+const CONTEXT_SCAN_BYTES = 4096;
 
 async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
   const build = await getBuild(variant);
@@ -216,16 +218,19 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
       Math.max(heapBreak(a.instance.memory, facts), heapBreak(b.instance.memory, facts)),
     );
     const image = new Int32Array(a.instance.memory.buffer.slice(0, end));
-    const other = new Int32Array(b.instance.memory.buffer, 0, end >> 2);
+    const other = new Int32Array(b.instance.memory.buffer.slice(0, end) as ArrayBuffer);
     const dead = deadStackPages(facts.heapBase);
-    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64, with the clock in
-    // microseconds: two set-ups a moment apart differ in its low word only, yet the high
-    // word moves every 2^32 µs (~72 minutes). Both halves are seed words, or the
-    // fingerprint would change with the hour and older snapshots stop restoring elsewhere.
+    // QuickJS seeds its xorshift64* state, one 8-byte-aligned uint64 in the JSContext
+    // (ctx->random_state), with the clock in microseconds: two set-ups a moment apart differ
+    // in its low word only, yet the high word moves every 2^32 µs (~72 minutes). Both halves
+    // are seed words, or the fingerprint would change with the hour and older snapshots stop
+    // restoring elsewhere. They are looked for in the context's first bytes only; that the
+    // rest is identical, one digest of each set-up shows (a JS loop over all 1.4 M words cost
+    // 400-480 ms of a cold start's CPU on Deno 2.1, its OSR compile queued behind the wasm's).
     const seeds = new Set<number>();
-    for (let i = 0; i < image.length; i++) {
-      const page = Math.floor((i * 4) / PAGE_SIZE);
-      if (page >= dead.first && page < dead.end) continue;
+    const from = pointers.context >> 2;
+    const to = Math.min(image.length, from + CONTEXT_SCAN_BYTES / 4);
+    for (let i = from; i < to; i++) {
       if (image[i] !== other[i]) {
         const state = (i * 4) & ~7;
         seeds.add(state).add(state + 4);
@@ -236,10 +241,16 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
     if (seedWords.length > MAX_SEED_WORDS) {
       throw new Error(`VM set-up is not deterministic: ${seedWords.length} words differ`);
     }
-    const canonical = new Int32Array(image);
-    for (const address of seedWords) canonical[address >> 2] = 0;
-    canonical.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
+    const canonical = canonicalize(new Int32Array(image), seedWords, dead);
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", canonical));
+    const otherDigest = new Uint8Array(
+      await crypto.subtle.digest("SHA-256", canonicalize(other, seedWords, dead)),
+    );
+    if (digest.some((byte, i) => byte !== otherDigest[i])) {
+      throw new Error(
+        "VM set-up is not deterministic: two set-ups differ outside the random state",
+      );
+    }
     const hex = Array.from(digest, (x) => x.toString(16).padStart(2, "0")).join("");
     return {
       build,
@@ -254,6 +265,17 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
     disposeSetup(a);
     disposeSetup(b);
   }
+}
+
+/** Zeroes the seed words and the dead stack, in place: what identifies an image across processes. */
+function canonicalize(
+  words: Int32Array<ArrayBuffer>,
+  seedWords: number[],
+  dead: { first: number; end: number },
+): Int32Array<ArrayBuffer> {
+  for (const address of seedWords) words[address >> 2] = 0;
+  words.fill(0, (dead.first * PAGE_SIZE) >> 2, (dead.end * PAGE_SIZE) >> 2);
+  return words;
 }
 
 /** Gives a fresh VM its own Math.random state (never all zero, which xorshift cannot leave). */

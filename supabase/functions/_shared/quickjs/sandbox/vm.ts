@@ -5,7 +5,7 @@
  * handle outlives a host call, apart from the prelude's internals the set-up rebuilt.
  */
 import { giveBackMemory } from "./memory_pool.ts";
-import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten";
+import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten-core";
 import type { InterruptWatch, SandboxLimits } from "./limits.ts";
 import type { RunError } from "./errors.ts";
 import { BUILD_VARIANT, type BuildVariant, instantiate, type WasmInstance } from "./wasm.ts";

@@ -10,7 +10,7 @@ import {
   newVariant,
   type QuickJSAsyncWASMModule,
   type QuickJSWASMModule,
-} from "quickjs-emscripten";
+} from "quickjs-emscripten-core";
 import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.json" with {
   type: "json",
 };

@@ -195,6 +195,42 @@ export const OPERATIONS = {
     },
     returns: returnsJsonb<CallRecord>(),
   },
+  issue_completion: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_sha256: "text",
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallRecord>(),
+  },
+  completion_sent: {
+    params: {
+      p_run_id: "uuid",
+      p_token: "bigint",
+      p_seq: "int",
+      p_deadline_at: "timestamptz",
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallRecord>(),
+  },
+  complete_call: {
+    params: {
+      p_run_id: "uuid",
+      p_seq: "int",
+      p_completion_token: "text",
+      p_ok: "boolean",
+      p_result: d("jsonb"),
+      p_error: d("jsonb"),
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallRecord & { alreadyCompleted: boolean }>(),
+  },
+  expire_completions: {
+    params: { p_now: d("timestamptz") },
+    returns: returnsInt,
+  },
   kv_call: {
     params: {
       p_run_id: "uuid",
@@ -283,7 +319,7 @@ export const OPERATIONS = {
   dispatch: { params: { p_run_id: "uuid" }, returns: returnsVoid },
   tick: {
     params: { p_now: d("timestamptz") },
-    returns: returnsJsonb<{ requeued: number; woken: number }>(),
+    returns: returnsJsonb<{ requeued: number; woken: number; expired: number }>(),
   },
   next_wake_at: {
     params: { p_now: d("timestamptz") },

@@ -50,6 +50,8 @@ export interface RunView {
 export interface WaitingOn {
   calls: number[];
   children?: string[];
+  /** Asynchronous calls waiting for their service's completion. */
+  completions?: number[];
   wakeAt?: string;
 }
 
@@ -66,6 +68,10 @@ export interface CallRecord {
   idempotencyKey: string;
   wakeAt?: string;
   childRunId?: string;
+  /** An asynchronous call: when it fails CALL_TIMEOUT without a completion. */
+  deadlineAt?: string;
+  /** An asynchronous call the service acknowledged, waiting for its completion. */
+  awaiting?: true;
   createdAt: string;
   startedAt?: string;
   completedAt?: string;
@@ -185,4 +191,7 @@ export interface ServiceRow {
   url: string;
   headers: Record<string, string>;
   timeoutMs: number;
+  /** async: the reply only acknowledges; quickjs.complete_call settles the call later. */
+  completion: "inline" | "async";
+  completionTimeoutMs: number;
 }

@@ -238,6 +238,57 @@ export class Store {
     });
   }
 
+  /** Before an asynchronous call is sent (again): the hash of the token it carries. */
+  issueCompletion(lease: Lease, seq: number, sha256: string, now?: Date): Promise<CallRecord> {
+    return this.#call("issue_completion", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: seq,
+      p_sha256: sha256,
+      p_now: now,
+    });
+  }
+
+  /** The service acknowledged an asynchronous call: it waits for completion until deadlineAt. */
+  completionSent(lease: Lease, seq: number, deadlineAt: Date, now?: Date): Promise<CallRecord> {
+    return this.#call("completion_sent", {
+      p_run_id: lease.runId,
+      p_token: lease.token,
+      p_seq: seq,
+      p_deadline_at: deadlineAt,
+      p_now: now,
+    });
+  }
+
+  /**
+   * A service completes an asynchronous call with the token it was sent: `result`, or
+   * `error` ({code, message, data}). COMPLETION_REFUSED for another token; a second
+   * completion changes nothing (alreadyCompleted).
+   */
+  completeCall(completion: {
+    runId: string;
+    seq: number;
+    token: string;
+    result?: Json;
+    error?: { code?: string; message?: string; data?: Json };
+  }, now?: Date): Promise<CallRecord & { alreadyCompleted: boolean }> {
+    const ok = completion.error === undefined;
+    return this.#call("complete_call", {
+      p_run_id: completion.runId,
+      p_seq: completion.seq,
+      p_completion_token: completion.token,
+      p_ok: ok,
+      p_result: ok ? completion.result ?? null : null,
+      p_error: ok ? null : completion.error as Json,
+      p_now: now,
+    });
+  }
+
+  /** Fails CALL_TIMEOUT the asynchronous calls past their deadline (the tick does this too). */
+  expireCompletions(now?: Date): Promise<number> {
+    return this.#call("expire_completions", { p_now: now });
+  }
+
   appendLogs(lease: Lease, logs: LogLine[]): Promise<void> {
     return this.#call("append_run_logs", {
       p_run_id: lease.runId,
@@ -347,7 +398,7 @@ export class Store {
     return this.#call("dispatch", { p_run_id: runId });
   }
 
-  tick(now?: Date): Promise<{ requeued: number; woken: number }> {
+  tick(now?: Date): Promise<{ requeued: number; woken: number; expired: number }> {
     return this.#call("tick", { p_now: now });
   }
 

@@ -1,0 +1,284 @@
+/**
+ * Asynchronous service calls: a call that outlives any invocation is sent once with a
+ * completion URL and token, the run waits suspended, and the service's completion (HTTP or
+ * SQL) continues it; no completion by the deadline fails the call CALL_TIMEOUT. Real
+ * engine, real HTTP service, the function's real route for the completion.
+ */
+import assert from "node:assert/strict";
+import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
+import {
+  type CallCompletion,
+  type Json,
+  StoreError,
+} from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { dbTests, type TestDb } from "../support/db.ts";
+import { type Harness, harness, runToEnd } from "../support/engine_harness.ts";
+import {
+  callOf,
+  invokeOnce,
+  json,
+  serve,
+  startWith,
+  taskName,
+} from "../support/engine_scenarios.ts";
+import { leaseOf, startRun } from "../support/runs.ts";
+
+const { test } = dbTests("engine_async_calls");
+
+const SERVICE_KEY = "async-calls-test-service-key";
+const BASE = "https://project.example/functions/v1/quickjs";
+
+interface Received {
+  method: string;
+  args: Json[];
+  idempotencyKey: string;
+  completion: CallCompletion;
+}
+
+/**
+ * An asynchronous service: records each request and acknowledges it with 202. `before`
+ * runs before the acknowledgement (to complete the call first, say).
+ */
+async function asyncService(
+  db: TestDb,
+  options: { completionTimeoutMs?: number; before?: (r: Received) => Promise<void> } = {},
+) {
+  const received: Received[] = [];
+  const server = serve(async (request) => {
+    const body = await request.json() as Received;
+    received.push(body);
+    await options.before?.(body);
+    return json({ accepted: true }, 202);
+  });
+  const name = taskName("async").replace(/[^A-Za-z0-9_-]/g, "_");
+  await db.query(
+    `insert into quickjs.services (name, url, timeout_ms, completion, completion_timeout_ms)
+     values ($1, $2, 2000, 'async', $3)`,
+    [name, server.url, options.completionTimeoutMs ?? 3_600_000],
+  );
+  return { name, received, close: () => server.close() };
+}
+
+function engineFor(db: TestDb): Harness {
+  return harness(db.store, { tools: { completionBaseUrl: BASE } });
+}
+
+/** POST …/runs/:id/calls/:seq/complete through the function's app, as a service would. */
+async function completeOverHttp(h: Harness, path: string, body: unknown) {
+  const app = createApp({
+    store: h.store,
+    engine: h.engine,
+    auth: { serviceRoleKey: SERVICE_KEY },
+  });
+  const res = await app(
+    new Request(`http://localhost${path}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${SERVICE_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    }),
+  );
+  return { status: res.status, json: await res.json() };
+}
+
+const AWAIT_ONE = `export default async function ({ svc }) {
+  const receipt = await tools[svc].charge({ amount: 42 });
+  return { receipt };
+}`;
+
+test("a call longer than any invocation is sent once, the run suspends, and the completion resumes it", async (db) => {
+  const service = await asyncService(db);
+  try {
+    const h = engineFor(db);
+    const id = await startWith(h, AWAIT_ONE, { svc: service.name });
+    const first = await invokeOnce(h, id);
+    assert.equal(first.status, "suspended", JSON.stringify(first));
+    const parked = (await h.store.getRun(id))!;
+    assert.equal(parked.status, "suspended");
+    assert.deepEqual(parked.waitingOn?.completions, [1]);
+    assert.equal(service.received.length, 1);
+    const sent = service.received[0]!;
+    assert.deepEqual(sent.args, [{ amount: 42 }]);
+    assert.equal(sent.completion.url, `${BASE}/runs/${id}/calls/1/complete`);
+    assert.match(sent.completion.token, /^[A-Za-z0-9_-]{43}$/);
+    const call = await callOf(h, id, 1);
+    assert.equal(call.awaiting, true);
+    const left = Date.parse(call.deadlineAt!) - h.clock.now().getTime();
+    assert.ok(left > 3_590_000 && left <= 3_600_000, `deadline in ${left} ms`);
+    // most of the hour passes: nothing is due, nothing is sent again
+    h.clock.jumpTo(new Date(h.clock.now().getTime() + 3_000_000));
+    assert.deepEqual(await h.engine.claimAndRun({ limit: 8 }), []);
+
+    const done = await completeOverHttp(h, `/quickjs/runs/${id}/calls/1/complete`, {
+      token: sent.completion.token,
+      result: { receipt: "r-1", zeta: 1, alpha: 2 },
+    });
+    assert.equal(done.status, 200, JSON.stringify(done.json));
+    assert.equal(done.json.alreadyCompleted, false);
+    assert.equal(done.json.call.status, "succeeded");
+    assert.equal((await h.store.getRun(id))!.status, "queued");
+    const run = await runToEnd(h, id);
+    assert.equal(run.status, "completed", JSON.stringify(run.error));
+    assert.deepEqual(run.result, { receipt: { receipt: "r-1", zeta: 1, alpha: 2 } });
+    assert.equal(service.received.length, 1, "sent once, across invocations");
+  } finally {
+    await service.close();
+  }
+});
+
+test("a completion with another token is 403 COMPLETION_REFUSED; a second completion changes nothing", async (db) => {
+  const service = await asyncService(db);
+  try {
+    const h = engineFor(db);
+    const id = await startWith(h, AWAIT_ONE, { svc: service.name });
+    await invokeOnce(h, id);
+    const path = `/quickjs/runs/${id}/calls/1/complete`;
+    const forged = await completeOverHttp(h, path, { token: "x".repeat(43), result: "forged" });
+    assert.equal(forged.status, 403, JSON.stringify(forged.json));
+    assert.equal(forged.json.error.code, "COMPLETION_REFUSED");
+    assert.equal(
+      (await h.store.getRun(id))!.status,
+      "suspended",
+      "a refused completion wakes nothing",
+    );
+    const missing = await completeOverHttp(h, `/quickjs/runs/${id}/calls/7/complete`, {
+      token: "t",
+      result: 1,
+    });
+    assert.equal(missing.status, 404);
+    assert.equal(missing.json.error.code, "CALL_NOT_FOUND");
+    const both = await completeOverHttp(h, path, { token: "t", result: 1, error: { code: "X" } });
+    assert.equal(both.status, 422);
+
+    const token = service.received[0]!.completion.token;
+    assert.equal((await completeOverHttp(h, path, { token, result: "first" })).status, 200);
+    const again = await completeOverHttp(h, path, { token, result: "second" });
+    assert.equal(again.status, 200);
+    assert.equal(again.json.alreadyCompleted, true);
+    const run = await runToEnd(h, id);
+    assert.deepEqual(run.result, { receipt: "first" });
+  } finally {
+    await service.close();
+  }
+});
+
+test("an asynchronous call with no completion by its deadline fails CALL_TIMEOUT, which the task can catch", async (db) => {
+  const service = await asyncService(db, { completionTimeoutMs: 60_000 });
+  try {
+    const h = engineFor(db);
+    const id = await startWith(
+      h,
+      `export default async function ({ svc }) {
+        try {
+          return await tools[svc].charge(1);
+        } catch (e) {
+          return { code: e.code, message: e.message };
+        }
+      }`,
+      { svc: service.name },
+    );
+    await invokeOnce(h, id);
+    h.clock.jumpTo(new Date(h.clock.now().getTime() + 59_000));
+    assert.equal((await h.store.tick(h.clock.now())).expired, 0);
+    h.clock.jumpTo(new Date(h.clock.now().getTime() + 2_000));
+    assert.equal((await h.store.tick(h.clock.now())).expired, 1);
+    const run = await runToEnd(h, id);
+    assert.equal(run.status, "completed", JSON.stringify(run.error));
+    const caught = run.result as { code: string; message: string };
+    assert.equal(caught.code, "CALL_TIMEOUT");
+    assert.match(caught.message, /no completion by its deadline/);
+    // the service's late completion is too late: the call stays failed
+    const late = await h.store.completeCall({
+      runId: id,
+      seq: 1,
+      token: service.received[0]!.completion.token,
+      result: "late",
+    });
+    assert.equal(late.alreadyCompleted, true);
+    assert.equal(late.status, "failed");
+  } finally {
+    await service.close();
+  }
+});
+
+test("an error completion fails the call with the service's own code and data", async (db) => {
+  const service = await asyncService(db);
+  try {
+    const h = engineFor(db);
+    const id = await startWith(
+      h,
+      `export default async function ({ svc }) {
+        try {
+          return await tools[svc].charge(1);
+        } catch (e) {
+          return { code: e.code, message: e.message, data: e.data };
+        }
+      }`,
+      { svc: service.name },
+    );
+    await invokeOnce(h, id);
+    const done = await completeOverHttp(h, `/quickjs/runs/${id}/calls/1/complete`, {
+      token: service.received[0]!.completion.token,
+      error: { code: "CARD_DECLINED", message: "insufficient funds", data: { retry: false } },
+    });
+    assert.equal(done.status, 200, JSON.stringify(done.json));
+    const run = await runToEnd(h, id);
+    assert.deepEqual(run.result, {
+      code: "CARD_DECLINED",
+      message: "insufficient funds",
+      data: { retry: false },
+    });
+  } finally {
+    await service.close();
+  }
+});
+
+test("a completion that arrives before the service's acknowledgement is kept, and the run goes on at once", async (db) => {
+  let h: Harness | undefined;
+  let runId = "";
+  const service = await asyncService(db, {
+    before: async (r) => {
+      await h!.store.completeCall({ runId, seq: 1, token: r.completion.token, result: "quick" });
+    },
+  });
+  try {
+    h = engineFor(db);
+    runId = await startWith(h, AWAIT_ONE, { svc: service.name });
+    const first = await invokeOnce(h, runId);
+    assert.equal(first.status, "completed", "delivered in the same invocation");
+    assert.deepEqual((await h.store.getRun(runId))!.result, { receipt: "quick" });
+    assert.equal(service.received.length, 1);
+  } finally {
+    await service.close();
+  }
+});
+
+test("a re-sent asynchronous call carries a new token: the earlier send's token is refused", async (db) => {
+  const run = await startRun(db.store);
+  const lease = leaseOf(run);
+  await db.store.recordCall(lease, {
+    seq: 1,
+    service: "svc",
+    path: ["charge"],
+    args: [],
+    mode: "inline",
+    wakeAt: null,
+  });
+  const hash = async (t: string) =>
+    Array.from(
+      new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(t))),
+      (b) => b.toString(16).padStart(2, "0"),
+    ).join("");
+  await db.store.issueCompletion(lease, 1, await hash("first-send"));
+  await db.store.issueCompletion(lease, 1, await hash("second-send"));
+  await assert.rejects(
+    db.store.completeCall({ runId: run.id, seq: 1, token: "first-send", result: 1 }),
+    (e) => e instanceof StoreError && e.code === "COMPLETION_REFUSED",
+  );
+  const done = await db.store.completeCall({
+    runId: run.id,
+    seq: 1,
+    token: "second-send",
+    result: 2,
+  });
+  assert.equal(done.status, "succeeded");
+});
