@@ -10,7 +10,8 @@
  * key its journal entry names (remembered from the claim), so the comparison still holds.
  * The row's place (run, seq, field) is the associated data: a sealed value moved to another
  * row does not open. Payloads SQL writes itself stay plain: a child's input and result
- * (copies of the child run's input and result) and kv's results (kv's values).
+ * (copies of the child run's input and result), kv's results (kv's values), and an
+ * asynchronous call's completion (the service posts it to quickjs.complete_call).
  */
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotKey } from "../sandbox/snapshot_codec.ts";
@@ -265,6 +266,12 @@ export function sealJournal(store: Store, keys: readonly SnapshotKey[]): Store {
         now,
       );
       return { ...await openCall(runId, done), alreadyCompleted: done.alreadyCompleted };
+    },
+    async issueCompletion(lease, seq, sha256, now) {
+      return await openCall(lease.runId, await store.issueCompletion(lease, seq, sha256, now));
+    },
+    async completionSent(lease, seq, deadlineAt, now) {
+      return await openCall(lease.runId, await store.completionSent(lease, seq, deadlineAt, now));
     },
     async listCalls(runId) {
       return await Promise.all((await store.listCalls(runId)).map((c) => openCall(runId, c)));
