@@ -316,7 +316,9 @@ export const C_LOOP_GUARDS_SOURCE = String.raw`
           // a map function: allowed up to the bound, on a pinned view
           const len = toLength(items.length);
           if (len > 4096) sliceCheck();
-          if (len > loopBound()) throw refuse("Array.from", len);
+          // with a map function each index runs bytecode, which the deadline stops
+          // (Array.from({ length: 1e6 }, (_, i) => i) is an idiom)
+          if (len > loopBound() && typeof mapFn !== "function") throw refuse("Array.from", len);
           const view = lengthMayChange(items) || mayChange(items, iteratorSymbol) ? pinned(items, len, true) : items;
           return apply(arrayFrom, this, [view, mapFn, thisArg]);
         }

@@ -58,8 +58,9 @@ export const DEFAULT_LIMITS: Readonly<SandboxLimits> = Object.freeze({
   // as large as a result may be: a call's arguments are stored in the journal like a result
   argsBytes: 1 * MiB,
   // the host keeps each call's arguments and result (parsed, and as JSON for the journal)
-  // until the invocation ends; 16 MiB of them costs the process ~50 MB at most (measured
-  // in tests/sandbox/host_memory_test.ts), a fifth of the worker's 256 MB
+  // until the invocation ends: a few copies of 16 MiB, a fraction of the worker's 256 MB
+  // (not measured for calls that pass; tests/engine/args_memory_test.ts measures the
+  // 16 MiB-argument attack, refused by argsBytes: 83 MB growth of the test process's RSS)
   hostBytes: 16 * MiB,
 });
 
