@@ -27,11 +27,21 @@ async function attack(
   return { run, overshootMs: Math.max(0, performance.now() - start - SLICE_MS) };
 }
 
-/** One test per attack: it fails with `code` within OVERSHOOT_MS past the slice. */
-function attackTest(name: string, body: string, code: string, memoryMiB?: number): void {
+/**
+ * One test per attack: it fails with `code` (one of them, for an attack that fills memory
+ * as fast as it spends time: which limit it meets first depends on the machine's speed)
+ * within OVERSHOOT_MS past the slice.
+ */
+function attackTest(
+  name: string,
+  body: string,
+  code: string | string[],
+  memoryMiB?: number,
+): void {
   Deno.test(name, async () => {
     const { run, overshootMs } = await attack(body, memoryMiB);
-    assert.equal(errorOf(run).code, code, errorOf(run).message);
+    const codes = typeof code === "string" ? [code] : code;
+    assert.ok(codes.includes(errorOf(run).code), `${errorOf(run).code}: ${errorOf(run).message}`);
     assert.ok(overshootMs < OVERSHOOT_MS, `ran ${overshootMs.toFixed(0)} ms past the slice`);
   });
 }
@@ -58,9 +68,9 @@ for (
   );
 }
 attackTest(
-  "Array.prototype.fill on an array-like of length 3e7 fails SANDBOX_TIMEOUT within the slice",
+  "Array.prototype.fill on an array-like of length 3e7 fails SANDBOX_TIMEOUT (or SANDBOX_MEMORY) within the slice",
   `Array.prototype.fill.call({ length: 3e7 }, 1)`,
-  T,
+  [T, "SANDBOX_MEMORY"],
 );
 attackTest(
   "Array.prototype.copyWithin on an array-like of length 3e7 fails SANDBOX_TIMEOUT within the slice",
