@@ -11,7 +11,8 @@
  * The row's place (run, seq, field) is the associated data: a sealed value moved to another
  * row does not open. Payloads SQL writes itself stay plain: a child's input and result
  * (copies of the child run's input and result), kv's results (kv's values), and an
- * asynchronous call's completion (the service posts it to quickjs.complete_call).
+ * asynchronous call's completion made in SQL (one posted to the function's route passes
+ * through here: completeCall).
  */
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotKey } from "../sandbox/snapshot_codec.ts";
