@@ -9,6 +9,7 @@ import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
 import {
   type CallCompletion,
   type Json,
+  type SnapshotKey,
   StoreError,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { dbTests, type TestDb } from "../support/db.ts";
@@ -59,8 +60,8 @@ async function asyncService(
   return { name, received, close: () => server.close() };
 }
 
-function engineFor(db: TestDb): Harness {
-  return harness(db.store, { tools: { completionBaseUrl: BASE } });
+function engineFor(db: TestDb, options: { snapshotKeys?: SnapshotKey[] } = {}): Harness {
+  return harness(db.store, { tools: { completionBaseUrl: BASE }, ...options });
 }
 
 /** POST …/runs/:id/calls/:seq/complete through the function's app, as a service would. */
@@ -281,4 +282,32 @@ test("a re-sent asynchronous call carries a new token: the earlier send's token 
     result: 2,
   });
   assert.equal(done.status, "succeeded");
+});
+
+test("with an operator key, a completion posted to the route is sealed in the journal, and the task gets it in plain", async (db) => {
+  const service = await asyncService(db);
+  try {
+    const h = engineFor(db, {
+      snapshotKeys: [{ id: "k1", secret: crypto.getRandomValues(new Uint8Array(32)) }],
+    });
+    const id = await startWith(h, AWAIT_ONE, { svc: service.name });
+    await invokeOnce(h, id);
+    const marker = "card-4242-completion-marker";
+    const done = await completeOverHttp(h, `/quickjs/runs/${id}/calls/1/complete`, {
+      token: service.received[0]!.completion.token,
+      result: { marker },
+    });
+    assert.equal(done.status, 200, JSON.stringify(done.json));
+    const [row] = await db.query<{ result: string; text: string | null }>(
+      "select result::text as result, result_text as text from quickjs.calls where run_id = $1 and seq = 1",
+      [id],
+    );
+    assert.ok(row && !row.result.includes(marker), `stored in plain: ${row?.result}`);
+    assert.ok(!(row.text ?? "").includes(marker), "nor in its ordered text");
+    assert.match(row.result, /"\$sealed": "k1"/);
+    const run = await runToEnd(h, id);
+    assert.deepEqual(run.result, { receipt: { marker } });
+  } finally {
+    await service.close();
+  }
 });
