@@ -67,6 +67,7 @@ create table quickjs.runs (
   task_version int not null,
   status quickjs.run_status not null default 'queued',
   input jsonb not null default 'null',
+  input_text text,
   result jsonb,
   result_text text,
   error jsonb,
@@ -106,6 +107,9 @@ comment on column quickjs.runs.attempts is
   'The run''s attempt: 1, plus one for each restart from its input by the task''s @retry.';
 comment on column quickjs.runs.invocations is
   'Claims so far: how many invocations (of any attempt) have worked on the run.';
+comment on column quickjs.runs.input_text is
+  'The input''s JSON text as it was given, object keys in their order (jsonb sorts them); null '
+  'when jsonb keeps the order. The task is handed its input from it.';
 comment on column quickjs.runs.result_text is
   'The result''s JSON text as the task returned it, object keys in their order (jsonb sorts them); '
   'a parent gets its child''s result from it.';

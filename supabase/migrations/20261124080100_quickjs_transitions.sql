@@ -27,7 +27,8 @@ create function quickjs.run_json(r quickjs.runs) returns jsonb language sql stab
     'ownerId', r.owner_id, 'idempotencyKey', r.idempotency_key, 'leaseOwner', r.lease_owner,
     'leaseExpiresAt', r.lease_expires_at, 'createdAt', r.created_at, 'updatedAt', r.updated_at,
     'startedAt', r.started_at, 'finishedAt', r.finished_at,
-    -- the result's keys in the task's order (jsonb sorts them; the store reads this)
+    -- the input's and the result's keys in their order (jsonb sorts them; the store reads these)
+    'inputText', r.input_text,
     'resultText', case when r.status = 'completed' then r.result_text end))
     -- a completed run's result may be JSON null, and so may any input: keep those keys
     || case when r.status = 'completed' then jsonb_build_object('result', r.result) else '{}' end
@@ -253,7 +254,7 @@ create function quickjs.enqueue_run(
   p_task text default null, p_task_id uuid default null, p_input jsonb default 'null',
   p_idempotency_key text default null, p_owner_id uuid default null,
   p_run_at timestamptz default null, p_now timestamptz default now(),
-  p_announce boolean default true)
+  p_announce boolean default true, p_input_text text default null)
 returns jsonb language plpgsql as $$
 declare
   t quickjs.tasks := quickjs.require_task(p_task, p_task_id);
@@ -262,9 +263,9 @@ begin
   -- p_announce false: the caller executes the run itself right away (POST /runs), so the
   -- dispatch trigger must not send it to a worker or the function as well
   perform set_config('quickjs.announce', case when p_announce then 'on' else 'off' end, true);
-  insert into quickjs.runs (task_id, task_name, input, idempotency_key, owner_id, run_at,
-                            created_at, updated_at)
-  values (t.id, t.name, coalesce(p_input, 'null'), p_idempotency_key, p_owner_id,
+  insert into quickjs.runs (task_id, task_name, input, input_text, idempotency_key, owner_id,
+                            run_at, created_at, updated_at)
+  values (t.id, t.name, coalesce(p_input, 'null'), p_input_text, p_idempotency_key, p_owner_id,
           coalesce(p_run_at, p_now), p_now, p_now)
   on conflict (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
     where idempotency_key is not null do nothing
@@ -287,7 +288,8 @@ end $$;
 comment on function quickjs.enqueue_run is
   'Creates a queued run of the task''s latest version; the same idempotency key and input return the '
   'same run. Keys are the owner''s own: another owner''s equal key is another run. '
-  'p_announce false: not dispatched (the caller runs it at once; the tick announces it if that fails).';
+  'p_announce false: not dispatched (the caller runs it at once; the tick announces it if that fails). '
+  'p_input_text: the input''s JSON text when jsonb would reorder its keys (runs.input_text).';
 
 -- A claimed run as the engine needs it: code, limits, and the journal entries that matter
 -- on resume (the parked calls and everything after the snapshot). The snapshot's bytes
@@ -642,7 +644,7 @@ comment on function quickjs.expire_completions is
 
 create function quickjs.start_child(
   p_run_id uuid, p_token bigint, p_seq int, p_task text, p_input jsonb,
-  p_max_depth int default 16, p_now timestamptz default now())
+  p_max_depth int default 16, p_now timestamptz default now(), p_input_text text default null)
 returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
@@ -699,9 +701,11 @@ begin
     returning * into c;
     return quickjs.call_json(c) || '{"replayed": false}';
   end if;
-  insert into quickjs.runs (task_id, task_name, input, parent_run_id, parent_call_seq, depth,
-                            root_run_id, owner_id, idempotency_key, run_at, created_at, updated_at)
-  values (t.id, t.name, coalesce(p_input, 'null'), r.id, p_seq, r.depth + 1, v_root, r.owner_id,
+  insert into quickjs.runs (task_id, task_name, input, input_text, parent_run_id, parent_call_seq,
+                            depth, root_run_id, owner_id, idempotency_key, run_at, created_at,
+                            updated_at)
+  values (t.id, t.name, coalesce(p_input, 'null'), p_input_text, r.id, p_seq, r.depth + 1, v_root,
+          r.owner_id,
           'child-of:' || r.id || ':' || p_seq || ':' || md5(v_args::text), p_now, p_now, p_now)
   on conflict (task_id, coalesce(owner_id, '00000000-0000-0000-0000-000000000000'::uuid), idempotency_key)
     where idempotency_key is not null do update set updated_at = excluded.updated_at
@@ -720,7 +724,8 @@ begin
 end $$;
 comment on function quickjs.start_child is
   'tools.tasks.execute: journals the call and enqueues the child run in one transaction; refuses '
-  'past the depth, children-per-run and descendants-per-root limits (settings).';
+  'past the depth, children-per-run and descendants-per-root limits (settings). p_input_text: the '
+  'input''s JSON text when jsonb would reorder its keys (runs.input_text).';
 
 -- Settles the parent's call with a finished child's outcome (the parent row must be locked).
 create function quickjs.settle_from_child(child quickjs.runs, p_now timestamptz)

@@ -1,8 +1,8 @@
 /**
- * Key order: a value a task stores through kv, or a child returns, comes back as
- * JSON.parse(JSON.stringify(v)) would give it, its keys in insertion order, though jsonb
- * sorts them: in the same invocation, after a restore, replayed from the journal after a
- * crash, and through PostgREST.
+ * Key order: a value a task stores through kv, a child returns, or a run is given as its
+ * input comes back as JSON.parse(JSON.stringify(v)) would give it, its keys in insertion
+ * order, though jsonb sorts them: in the same invocation, after a restore, replayed from the
+ * journal after a crash, and through PostgREST.
  */
 import assert from "node:assert/strict";
 import { dbTests } from "../support/db.ts";
@@ -15,10 +15,13 @@ import {
   taskName,
 } from "../support/engine_scenarios.ts";
 import { postgrestDouble } from "../support/postgrest.ts";
+import { createApp } from "../../supabase/functions/quickjs/http/app.ts";
 import {
+  Engine,
   jsonbKeepsKeyOrder,
   Store,
   supabaseDriver,
+  ToolRegistry,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 
 const { test } = dbTests("engine_key_order");
@@ -118,6 +121,83 @@ test("a child's result keeps its key order in its parent", async (db) => {
   assert.equal(run.status, "completed", JSON.stringify(run.error));
   const { want, got } = run.result as Record<string, string>;
   assert.equal(got, want);
+});
+
+/** An input whose keys jsonb would give back as b, mm, zeta, alpha. */
+const INPUT = { zeta: 1, alpha: 2, mm: 3, b: 4 };
+const INPUT_KEYS = ["zeta", "alpha", "mm", "b"];
+
+test("a child's input keeps its key order in the child", async (db) => {
+  const child = taskName("keys");
+  await db.store.publishTask({
+    name: child,
+    code: `export default async (input) => Object.keys(input)`,
+  });
+  const parent = `export default async function () {
+    return await tools.tasks.execute("${child}", ${JSON.stringify(INPUT)});
+  }`;
+  const run = await runTaskToEnd(harness(db.store), parent);
+  assert.equal(run.status, "completed", JSON.stringify(run.error));
+  assert.deepEqual(run.result, INPUT_KEYS);
+
+  // through PostgREST too: the text argument reaches start_child
+  const postgrest = postgrestDouble(db.driver, { serviceRoleKey: "service-key" });
+  const store = new Store(
+    supabaseDriver("http://project.supabase.test", "service-key", { fetch: postgrest.fetch }),
+  );
+  const viaRest = await runTaskToEnd(harness(store), parent);
+  assert.equal(viaRest.status, "completed", JSON.stringify(viaRest.error));
+  assert.deepEqual(viaRest.result, INPUT_KEYS);
+});
+
+test("a run's input from POST /runs keeps its key order", async (db) => {
+  const task = taskName("input");
+  await db.store.publishTask({
+    name: task,
+    code: `export default async (input) => Object.keys(input)`,
+  });
+  const engine = new Engine({
+    store: db.store,
+    tools: new ToolRegistry(db.store),
+    workerId: "key-order-test",
+  });
+  const app = createApp({
+    store: db.store,
+    engine,
+    auth: { serviceRoleKey: "service-key", jwtSecret: "key-order-test-jwt-secret-of-32-chars" },
+  });
+  const res = await app(
+    new Request("http://localhost/quickjs/runs", {
+      method: "POST",
+      headers: { authorization: "Bearer service-key" },
+      body: JSON.stringify({ task, input: INPUT, wait: 10_000 }),
+    }),
+  );
+  const { run } = await res.json();
+  assert.equal(run.status, "completed", JSON.stringify(run.error));
+  assert.deepEqual(run.result, INPUT_KEYS, "the task saw the keys in order");
+  assert.deepEqual(Object.keys(run.input), INPUT_KEYS, "the run's input as the API shows it");
+  assert.equal(run.inputText, undefined, "the text is read into input, not shown");
+
+  const got = await app(
+    new Request(`http://localhost/quickjs/runs/${run.id}`, {
+      headers: { authorization: "Bearer service-key" },
+    }),
+  );
+  assert.deepEqual(Object.keys((await got.json()).run?.input ?? {}), INPUT_KEYS, "GET /runs/:id");
+
+  // an input jsonb keeps as it is stores no text
+  const [row] = await db.query<{ input_text: string | null }>(
+    "select input_text from quickjs.runs where id = $1",
+    [run.id],
+  );
+  assert.equal(row!.input_text, JSON.stringify(INPUT));
+  const plain = await db.store.enqueueRun({ task, input: { a: 1, b: { c: 2 } } });
+  const [none] = await db.query<{ input_text: string | null }>(
+    "select input_text from quickjs.runs where id = $1",
+    [plain.id],
+  );
+  assert.equal(none!.input_text, null);
 });
 
 Deno.test("jsonbKeepsKeyOrder: shorter keys first, then by UTF-8 bytes, at every level", () => {

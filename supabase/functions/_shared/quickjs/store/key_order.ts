@@ -1,7 +1,8 @@
 /**
  * jsonb keeps an object's keys sorted (shorter first, then by their UTF-8 bytes), not in the
  * order they were written; a task expects JSON.parse(JSON.stringify(v)). Values whose key
- * order jsonb would change travel as JSON text beside the jsonb (resultText, valueText).
+ * order jsonb would change travel as JSON text beside the jsonb (inputText, resultText,
+ * valueText).
  */
 import type { Json } from "../sandbox/vm.ts";
 
@@ -42,9 +43,23 @@ export function withOrderedResult<T extends { result?: Json; resultText?: string
   return { ...rest, result: JSON.parse(resultText) } as T;
 }
 
-/** An operation's answer: a run or journal entry at its top has its result read in order. */
+/** A run with its input read from the text that kept its key order. */
+export function withOrderedInput<T extends { input?: Json; inputText?: string }>(run: T): T {
+  if (run.inputText === undefined) return run;
+  const { inputText, ...rest } = run;
+  return { ...rest, input: JSON.parse(inputText) } as T;
+}
+
+/**
+ * An operation's answer: a run or journal entry at its top has its result (and a run its
+ * input) read in order.
+ */
 export function readOrderedResult<T>(answer: T): T {
-  const row = answer as { resultText?: unknown } | null;
-  if (row === null || typeof row !== "object" || typeof row.resultText !== "string") return answer;
-  return withOrderedResult(row as { resultText: string }) as T;
+  const row = answer as { resultText?: unknown; inputText?: unknown } | null;
+  if (row === null || typeof row !== "object") return answer;
+  const ordered = typeof row.inputText === "string"
+    ? withOrderedInput(row as { inputText: string })
+    : row;
+  if (typeof row.resultText !== "string") return ordered as T;
+  return withOrderedResult(ordered as { resultText: string }) as T;
 }

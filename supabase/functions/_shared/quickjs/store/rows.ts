@@ -35,6 +35,8 @@ export interface RunView {
   taskVersion: number;
   status: RunStatus;
   input: Json;
+  /** SQL and PostgREST readers: the input's JSON text, keys in order (the store reads it). */
+  inputText?: string;
   result?: Json;
   error?: RunError;
   /** SQL and PostgREST readers: the result's JSON text, keys in order (the store reads it). */

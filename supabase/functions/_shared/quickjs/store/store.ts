@@ -4,7 +4,12 @@
  */
 import { type ErrorCode, isErrorCode, QuickJsError } from "../errors.ts";
 import type { Operation, OperationArgs, OperationResult } from "./operations.ts";
-import { orderedText, readOrderedResult, withOrderedResult } from "./key_order.ts";
+import {
+  orderedText,
+  readOrderedResult,
+  withOrderedInput,
+  withOrderedResult,
+} from "./key_order.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
@@ -142,6 +147,7 @@ export class Store {
       p_run_at: run.runAt ?? null,
       p_now: run.now,
       p_announce: run.announce ?? true,
+      p_input_text: orderedText(run.input),
     });
   }
 
@@ -160,7 +166,7 @@ export class Store {
       p_now: claim.now,
     });
     return rows.map(({ run, snapshot }) => ({
-      ...run,
+      ...withOrderedInput(run),
       calls: run.calls.map(withOrderedResult),
       snapshot,
     }));
@@ -209,6 +215,7 @@ export class Store {
       p_input: child.input,
       p_max_depth: child.maxDepth,
       p_now: now,
+      p_input_text: orderedText(child.input),
     });
   }
 
