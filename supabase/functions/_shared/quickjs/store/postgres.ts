@@ -15,15 +15,27 @@ export interface PostgresOptions {
   max?: number;
   /** Seconds after which an idle connection is closed (default: never). */
   idleTimeout?: number;
-  /** Named prepared statements (default true); a transaction pooler needs false. */
+  /**
+   * Named prepared statements; a transaction pooler needs false (PgBouncer in transaction
+   * mode hands the next transaction another server connection, which lacks the statement).
+   * Default: true, unless QUICKJS_DB_PREPARE=false (a worker, or the tests, behind one).
+   */
   prepare?: boolean;
+}
+
+function preparedByDefault(): boolean {
+  try {
+    return Deno.env.get("QUICKJS_DB_PREPARE") !== "false";
+  } catch {
+    return true; // no env permission: the option decides
+  }
 }
 
 export function postgresDriver(url: string, options: PostgresOptions = {}): SqlDriver {
   const sql = postgres(url, {
     max: options.max ?? 4,
     ...(options.idleTimeout !== undefined ? { idle_timeout: options.idleTimeout } : {}),
-    ...(options.prepare !== undefined ? { prepare: options.prepare } : {}),
+    prepare: options.prepare ?? preparedByDefault(),
     onnotice: () => {},
     connection: { application_name: "quickjs" },
   });
