@@ -167,7 +167,7 @@ test("an idempotency key returns the same run for the same input and 409 for ano
 
 test("a user who POSTs another user's idempotency key gets a run of their own; no answer names the other's run", async (db) => {
   await publish(db);
-  const { app } = harness(db);
+  const { app, background } = harness(db);
   const key = `order-${crypto.randomUUID().slice(0, 8)}`;
   const victim = await send(app, "POST", "/quickjs/runs", {
     token: await userToken(crypto.randomUUID()),
@@ -188,6 +188,8 @@ test("a user who POSTs another user's idempotency key gets a run of their own; n
       assert.equal(res.body.error.code, "IDEMPOTENCY_CONFLICT");
     }
   }
+  // the runs it started execute in the background (and suspend): they end in this test
+  await Promise.all(background);
 });
 
 test("a user's run is the user's: others get 404 RUN_NOT_FOUND, the service role sees it", async (db) => {

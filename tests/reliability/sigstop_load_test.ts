@@ -105,11 +105,15 @@ test(
         0,
       );
       const late = audit.breaches.filter((b) => b.includes("after the journal settled it"));
+      // sends from a worker frozen between its lease check and the write: at least once,
+      // same key (README); reported, and bounded by the pauses dealt
+      assert.ok(f.frozenSends <= dealt, `${f.frozenSends} frozen sends for ${dealt} pauses`);
       console.log(
         `[reliability] sigstop load: seed ${seed}, ${f.runs} runs x ${SHAPE.steps} steps, ` +
           `${SHAPE.workers} workers, ${dealt} pauses; lost ${f.lost}, wrong ${f.wrong}; ` +
           `${f.resent} service calls re-sent, ${late.length} of them after the journal had ` +
-          `settled them; ${f.leaseExpiries} lease expiries; ${lost} invocations the woken ` +
+          `settled them (and ${f.frozenSends} sent by a worker frozen between its lease check ` +
+          `and the write); ${f.leaseExpiries} lease expiries; ${lost} invocations the woken ` +
           `workers gave up (lost); drain ${drainMs} ms after the last pause, ` +
           `${Date.now() - t0} ms in all`,
       );
