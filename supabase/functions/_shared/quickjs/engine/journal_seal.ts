@@ -15,7 +15,7 @@
  * through here: completeCall).
  */
 import type { Json } from "../sandbox/vm.ts";
-import type { SnapshotKey } from "../sandbox/snapshot_codec.ts";
+import { derivedKeys, type SnapshotKey } from "../sandbox/snapshot_codec.ts";
 import type { CallRecord, ClaimedRun, KvCallResult, Store } from "../store/store.ts";
 
 const IV_BYTES = 12;
@@ -33,53 +33,6 @@ export function isSealed(value: unknown): value is Sealed {
     typeof (value as Sealed).$sealed === "string" && typeof (value as Sealed).data === "string";
 }
 
-interface JournalKeys {
-  iv: CryptoKey;
-  aes: CryptoKey;
-}
-
-const derived = new WeakMap<object, Promise<JournalKeys>>();
-
-/** HKDF-SHA-256 from the key's bytes, with `info`s of their own (not the snapshots' keys). */
-function keysOf(key: SnapshotKey): Promise<JournalKeys> {
-  let keys = derived.get(key.secret);
-  if (!keys) {
-    keys = (async () => {
-      const base = key.secret instanceof CryptoKey ? key.secret : await crypto.subtle.importKey(
-        "raw",
-        key.secret as Uint8Array<ArrayBuffer>,
-        "HKDF",
-        false,
-        ["deriveKey"],
-      );
-      const params = (info: string) => ({
-        name: "HKDF",
-        hash: "SHA-256",
-        salt: new Uint8Array(0),
-        info: new TextEncoder().encode(info),
-      });
-      return {
-        iv: await crypto.subtle.deriveKey(
-          params("quickjs journal iv"),
-          base,
-          { name: "HMAC", hash: "SHA-256", length: 256 },
-          false,
-          ["sign"],
-        ),
-        aes: await crypto.subtle.deriveKey(
-          params("quickjs journal aes-256-gcm"),
-          base,
-          { name: "AES-GCM", length: 256 },
-          false,
-          ["encrypt", "decrypt"],
-        ),
-      };
-    })();
-    derived.set(key.secret, keys);
-  }
-  return keys;
-}
-
 function base64(bytes: Uint8Array): string {
   let text = "";
   for (let i = 0; i < bytes.length; i += 0x8000) {
@@ -94,7 +47,7 @@ function unbase64(text: string): Uint8Array<ArrayBuffer> {
 
 /** Seals `value` for one field of one journal row. */
 export async function seal(key: SnapshotKey, place: string, value: Json): Promise<Sealed> {
-  const { iv: ivKey, aes } = await keysOf(key);
+  const { mac: ivKey, aes } = await derivedKeys(key, "journal");
   const aad = new TextEncoder().encode(place);
   const plain = new TextEncoder().encode(JSON.stringify(value));
   const seed = new Uint8Array(aad.length + 1 + plain.length);
@@ -120,7 +73,7 @@ export async function open(
   if (!key) {
     throw new Error(`journal entry ${place} is sealed with key ${sealed.$sealed}, not in the ring`);
   }
-  const { aes } = await keysOf(key);
+  const { aes } = await derivedKeys(key, "journal");
   const bytes = unbase64(sealed.data);
   let plain: ArrayBuffer;
   try {

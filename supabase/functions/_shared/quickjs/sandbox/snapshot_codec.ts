@@ -297,16 +297,31 @@ function unverifiedKeyId(headerText: Uint8Array): unknown {
 
 // ---- encryption --------------------------------------------------------------------------
 
-interface DerivedKeys {
+/** An HMAC key and an AES-256-GCM key derived from one operator key for one purpose. */
+export interface DerivedKeys {
   mac: CryptoKey;
   aes: CryptoKey;
 }
 
-const derived = new WeakMap<object, Promise<DerivedKeys>>();
+/** The HKDF `info` of each derived key: snapshots and the journal never share a key. */
+const KEY_INFO = {
+  snapshot: { mac: "quickjs snapshot hmac", aes: "quickjs snapshot aes-256-gcm" },
+  journal: { mac: "quickjs journal iv", aes: "quickjs journal aes-256-gcm" },
+} as const;
 
-/** The HMAC and AES-GCM keys of a snapshot key (HKDF-SHA-256, one `info` each), cached. */
-function keysOf(key: SnapshotKey): Promise<DerivedKeys> {
-  let keys = derived.get(key.secret);
+const derived = new WeakMap<object, Map<keyof typeof KEY_INFO, Promise<DerivedKeys>>>();
+
+/**
+ * The HMAC and AES-GCM keys of an operator key for snapshots or for the journal
+ * (HKDF-SHA-256, one `info` each), cached per key.
+ */
+export function derivedKeys(
+  key: SnapshotKey,
+  purpose: keyof typeof KEY_INFO = "snapshot",
+): Promise<DerivedKeys> {
+  let byPurpose = derived.get(key.secret);
+  if (!byPurpose) derived.set(key.secret, byPurpose = new Map());
+  let keys = byPurpose.get(purpose);
   if (!keys) {
     keys = (async () => {
       const base = key.secret instanceof CryptoKey ? key.secret : await crypto.subtle.importKey(
@@ -333,18 +348,16 @@ function keysOf(key: SnapshotKey): Promise<DerivedKeys> {
           false,
           usage,
         );
+      const info = KEY_INFO[purpose];
       return {
-        mac: await derive("quickjs snapshot hmac", { name: "HMAC", hash: "SHA-256", length: 256 }, [
+        mac: await derive(info.mac, { name: "HMAC", hash: "SHA-256", length: 256 }, [
           "sign",
           "verify",
         ]),
-        aes: await derive("quickjs snapshot aes-256-gcm", { name: "AES-GCM", length: 256 }, [
-          "encrypt",
-          "decrypt",
-        ]),
+        aes: await derive(info.aes, { name: "AES-GCM", length: 256 }, ["encrypt", "decrypt"]),
       };
     })();
-    derived.set(key.secret, keys);
+    byPurpose.set(purpose, keys);
   }
   return keys;
 }
@@ -354,7 +367,7 @@ async function encrypt(
   headerBytes: Uint8Array,
   body: Uint8Array,
 ): Promise<Uint8Array> {
-  const { mac, aes } = await keysOf(key);
+  const { mac, aes } = await derivedKeys(key);
   const seed = new Uint8Array(headerBytes.length + body.length);
   seed.set(headerBytes, 0);
   seed.set(body, headerBytes.length);
@@ -377,7 +390,7 @@ async function decrypt(
   headerBytes: Uint8Array,
   body: Uint8Array,
 ): Promise<Uint8Array> {
-  const { aes } = await keysOf(key);
+  const { aes } = await derivedKeys(key);
   try {
     return new Uint8Array(
       await crypto.subtle.decrypt(
@@ -404,7 +417,7 @@ async function decrypt(
 async function digestOf(bytes: Uint8Array, key: SnapshotKey | undefined): Promise<Uint8Array> {
   const data = bytes as Uint8Array<ArrayBuffer>;
   const out = key
-    ? await crypto.subtle.sign("HMAC", (await keysOf(key)).mac, data)
+    ? await crypto.subtle.sign("HMAC", (await derivedKeys(key)).mac, data)
     : await crypto.subtle.digest("SHA-256", data);
   return new Uint8Array(out);
 }
@@ -417,7 +430,7 @@ async function verifyDigest(
   if (key) {
     return await crypto.subtle.verify(
       "HMAC",
-      (await keysOf(key)).mac,
+      (await derivedKeys(key)).mac,
       digest as Uint8Array<ArrayBuffer>,
       bytes as Uint8Array<ArrayBuffer>,
     );
