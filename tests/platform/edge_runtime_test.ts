@@ -251,7 +251,14 @@ test(
   "a worker ended at its wall-clock limit loses nothing: its runs continue in another worker from their snapshots",
   async (db) => {
     await publish(db);
-    const first = await worker(db, { EDGE_WALL_MS: "10000", EDGE_UNLOAD_GRACE_MS: "1500" });
+    // CPU limits far away: this worker must end at its wall clock (on a loaded machine its
+    // 2 s of CPU ran out first, measured in CI)
+    const first = await worker(db, {
+      EDGE_WALL_MS: "10000",
+      EDGE_UNLOAD_GRACE_MS: "1500",
+      EDGE_CPU_SOFT_MS: "600000",
+      EDGE_CPU_HARD_MS: "600000",
+    });
     const ids: string[] = [];
     try {
       for (let i = 0; i < 3; i++) {
