@@ -45,7 +45,8 @@ interface DenoInfo {
   npmPackages?: Record<string, { dependencies?: string[]; localPath?: string }>;
 }
 
-async function denoInfo(entry: URL): Promise<DenoInfo> {
+/** `deno info --json` of an entry, run from the project root; throws with its stderr. */
+export async function denoInfo(entry: URL): Promise<DenoInfo> {
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["info", "--json", "--frozen", fileURLToPath(entry)],
     cwd: fileURLToPath(ROOT),

@@ -73,6 +73,20 @@ begin
 end $$;
 comment on function quickjs.lock_leased_run is 'Fencing: refuses a worker whose lease was taken over.';
 
+-- The journal entry of a run's call, or CALL_NOT_FOUND.
+create function quickjs.require_call(p_run_id uuid, p_seq int) returns quickjs.calls
+language plpgsql as $$
+declare
+  c quickjs.calls;
+begin
+  select * into c from quickjs.calls where run_id = p_run_id and seq = p_seq;
+  if not found then
+    perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', p_run_id, p_seq), 'QJ404');
+  end if;
+  return c;
+end $$;
+comment on function quickjs.require_call is 'The journal entry of call p_seq of a run; CALL_NOT_FOUND if none.';
+
 create function quickjs.append_logs(p_run_id uuid, p_attempt int, p_logs jsonb) returns void
 language sql as $$
   insert into quickjs.run_logs (run_id, attempt, invocation, level, message, logged_at)
@@ -471,10 +485,7 @@ begin
   where run_id = r.id and seq = p_seq and status not in ('succeeded', 'failed')
   returning * into c;
   if not found then
-    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
-    if not found then
-      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
-    end if;
+    c := quickjs.require_call(r.id, p_seq); -- left as it was, or CALL_NOT_FOUND
   end if;
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
   return quickjs.call_json(c);
@@ -497,10 +508,7 @@ begin
   where run_id = r.id and seq = p_seq and status = 'started'
   returning * into c;
   if not found then
-    select * into c from quickjs.calls where run_id = r.id and seq = p_seq;
-    if not found then
-      perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', r.id, p_seq), 'QJ404');
-    end if;
+    c := quickjs.require_call(r.id, p_seq); -- left as it was, or CALL_NOT_FOUND
   end if;
   perform quickjs.append_logs(r.id, r.attempts, p_logs);
   return quickjs.call_json(c);
@@ -525,20 +533,6 @@ comment on function quickjs.append_run_logs is 'Appends console lines for a run 
 -- the run waits suspended. The service's completion_timeout_ms fails it CALL_TIMEOUT. As
 -- Temporal's asynchronous activity completion and Step Functions' task tokens.
 
--- The journal entry of a run's call, or CALL_NOT_FOUND.
-create function quickjs.require_call(p_run_id uuid, p_seq int) returns quickjs.calls
-language plpgsql as $$
-declare
-  c quickjs.calls;
-begin
-  select * into c from quickjs.calls where run_id = p_run_id and seq = p_seq;
-  if not found then
-    perform quickjs.raise_error('CALL_NOT_FOUND', format('run %s has no call %s', p_run_id, p_seq), 'QJ404');
-  end if;
-  return c;
-end $$;
-comment on function quickjs.require_call is 'The journal entry of call p_seq of a run; CALL_NOT_FOUND if none.';
-
 create function quickjs.issue_completion(
   p_run_id uuid, p_token bigint, p_seq int, p_sha256 text, p_now timestamptz default now())
 returns jsonb language plpgsql as $$
@@ -551,7 +545,7 @@ begin
   where run_id = r.id and seq = p_seq and completed_at is null
   returning * into c;
   if not found then
-    c := quickjs.require_call(r.id, p_seq); -- settled already, or CALL_NOT_FOUND
+    c := quickjs.require_call(r.id, p_seq); -- left as it was, or CALL_NOT_FOUND
   end if;
   return quickjs.call_json(c);
 end $$;
@@ -571,7 +565,7 @@ begin
   where run_id = r.id and seq = p_seq and completed_at is null
   returning * into c;
   if not found then
-    c := quickjs.require_call(r.id, p_seq); -- settled already, or CALL_NOT_FOUND
+    c := quickjs.require_call(r.id, p_seq); -- left as it was, or CALL_NOT_FOUND
   end if;
   return quickjs.call_json(c);
 end $$;

@@ -4,7 +4,7 @@
  * dev-only module (the library's dev.ts and dev/ folder).
  */
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
+import { denoInfo } from "../../scripts/lib/bundle_size.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const ENTRY = new URL("supabase/functions/quickjs/index.ts", ROOT);
@@ -24,16 +24,9 @@ function deployedGraph(): Promise<GraphModule[]> {
   return graphOf(ENTRY);
 }
 
+/** The module graph `deno info --json` reports (the same call `deno task bundle-size` makes). */
 async function graphOf(entry: URL): Promise<GraphModule[]> {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", "--frozen", fileURLToPath(entry)],
-    cwd: fileURLToPath(ROOT),
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
-  return JSON.parse(new TextDecoder().decode(output.stdout)).modules;
+  return (await denoInfo(entry)).modules as GraphModule[];
 }
 
 Deno.test("the deployed entry's graph holds only supabase/functions/, no PGlite and no dev module", async () => {
