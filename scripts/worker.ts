@@ -14,6 +14,10 @@
  *   --inline-sleep-max-ms MS  sleeps up to this long wait in-process; longer ones save the VM
  *                        and wake from the database (default 5000; 0: every sleep is durable)
  *   --worker-id ID       the name in leases and logs (default worker-<host>-<pid>)
+ *   --in-process         run the VMs on the worker's own thread, not on a pool of threads
+ *                        (default: one thread per concurrent invocation, each stopped if a
+ *                        task holds it past its slice inside a built-in the interrupt
+ *                        cannot reach; scripts/lib/threads/)
  *   --once               run until nothing is due, then exit (cron-style use, tests)
  *   --json               JSON lines instead of text
  *   --migrate            apply supabase/migrations first (under a lock: several workers may
@@ -42,9 +46,12 @@ import { defaultDb, openStore } from "./lib/open_store.ts";
 import { WorkerLoop } from "./lib/worker_loop.ts";
 import { millis } from "./lib/format.ts";
 import { loadToolsModule } from "./lib/tools_module.ts";
+import { ThreadPool } from "./lib/threads/pool.ts";
+import { resolve } from "node:path";
 
 const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
-  "[--tools module.ts] [--inline-sleep-max-ms MS] [--worker-id ID] [--once] [--json] [--migrate]";
+  "[--tools module.ts] [--inline-sleep-max-ms MS] [--worker-id ID] [--in-process] [--once] [--json] " +
+  "[--migrate]";
 
 class UsageError extends Error {
   override name = "UsageError";
@@ -106,6 +113,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         tools: { type: "string" },
         "inline-sleep-max-ms": { type: "string", default: "5000" },
         "worker-id": { type: "string" },
+        "in-process": { type: "boolean", default: false },
         once: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
         migrate: { type: "boolean", default: false },
@@ -123,6 +131,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       pollMs: positiveInt("poll-ms", values["poll-ms"], 10),
       leaseSeconds: positiveInt("lease-seconds", values["lease-seconds"], 3),
       tools: await loadTools(values.tools),
+      toolsModule: values.tools,
+      inProcess: values["in-process"],
       inlineSleepMaxMs: positiveInt("inline-sleep-max-ms", values["inline-sleep-max-ms"], 0),
       workerId: values["worker-id"] || `worker-${hostname()}-${Deno.pid}`,
       once: values.once,
@@ -144,6 +154,19 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     migrate: options.migrate || db === "pglite",
     poolMax: options.concurrency + 2,
   });
+  const executor = options.inProcess ? undefined : new ThreadPool({
+    size: options.concurrency,
+    driver: store.driver,
+    config: {
+      workerId: options.workerId,
+      leaseSeconds: options.leaseSeconds,
+      inlineSleepMaxMs: options.inlineSleepMaxMs,
+      durableAll: false,
+      spareVm: false,
+      ...(options.toolsModule ? { toolsModule: resolve(options.toolsModule) } : {}),
+    },
+    onNote: note,
+  });
   const engine = new Engine({
     store,
     tools: new ToolRegistry(store, {
@@ -156,6 +179,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
     inlineSleepMaxMs: options.inlineSleepMaxMs,
     // a run claimed by an idle worker starts ~3 ms sooner (enqueue → start)
     spareVm: true,
+    executor,
   });
   const worker = new WorkerLoop(store, engine, {
     concurrency: options.concurrency,
@@ -208,7 +232,8 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   try {
     await worker.start();
     note(
-      `${options.workerId} on ${store.description}: up to ${options.concurrency} at once, ` +
+      `${options.workerId} on ${store.description}: up to ${options.concurrency} at once` +
+        (executor ? ` on ${options.concurrency} thread(s), ` : " in-process, ") +
         (options.once
           ? "until nothing is due"
           : `${

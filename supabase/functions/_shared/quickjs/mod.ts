@@ -23,6 +23,7 @@ export {
   type EngineEvent,
   type InvocationResult,
   type InvocationSignals,
+  type RunExecutor,
 } from "./engine/run_loop.ts";
 export { type Clock, systemClock } from "./engine/clock.ts";
 export {
@@ -103,8 +104,10 @@ export { getBootImage } from "./sandbox/boot_image.ts";
 export {
   DEFAULT_LIMITS,
   LIMIT_BOUNDS,
+  observeSlices,
   resolveLimits,
   type SandboxLimits,
+  type SliceObserver,
 } from "./sandbox/limits.ts";
 export {
   incompatibility,

@@ -93,6 +93,24 @@ export interface EngineConfig {
    * one (spare_vm.ts; default false: it is one more VM's memory, uncounted by admission).
    */
   spareVm?: boolean;
+  /**
+   * Runs each claimed run's invocation somewhere else than this thread: the self-hosted
+   * worker and `deno task serve` give a pool of threads the host can stop on deadline
+   * (scripts/lib/threads/); without one, invocations run here.
+   */
+  executor?: RunExecutor;
+}
+
+/**
+ * Where invocations run when not in the engine's own thread. `run` does one invocation of
+ * a run this engine claimed (its lease in `run`) and answers as runClaimed would.
+ */
+export interface RunExecutor {
+  run(run: ClaimedRun, signals: InvocationSignals, engine: Engine): Promise<InvocationResult>;
+  /** Made ready ahead of the first run (Engine.prepare). */
+  prepare(): Promise<void>;
+  /** Ends it (Engine.close): waits for nothing, runs in flight are the caller's. */
+  close(): Promise<void>;
 }
 
 export type EngineEvent =
@@ -143,6 +161,7 @@ export class Engine {
   readonly admission: MemoryAdmission;
   readonly snapshotKeys: readonly SnapshotKey[];
   readonly #spare: SpareVm | undefined;
+  readonly #executor: RunExecutor | undefined;
 
   constructor(config: EngineConfig) {
     this.snapshotKeys = config.snapshotKeys ?? snapshotKeysFromEnv();
@@ -159,7 +178,8 @@ export class Engine {
     this.onEvent = config.onEvent ?? (() => {});
     this.admission = config.admission ?? isolateAdmission();
     this.isolate = config.isolate ?? unlimitedIsolate;
-    if (config.spareVm) {
+    this.#executor = config.executor;
+    if (config.spareVm && !config.executor) {
       this.#spare = new SpareVm(resolveLimits(), () => this.clock.now().getTime());
     }
   }
@@ -169,13 +189,15 @@ export class Engine {
    * first run: a worker calls it at start so its first job does not wait for it.
    */
   async prepare(): Promise<void> {
+    if (this.#executor) return await this.#executor.prepare();
     await getBootImage();
     this.#spare?.fill();
   }
 
-  /** Disposes what prepare() made ahead (the spare VM). */
+  /** Disposes what prepare() made ahead (the spare VM, the executor's threads). */
   async close(): Promise<void> {
     await this.#spare?.close();
+    await this.#executor?.close();
   }
 
   /** A fresh VM for a run: the spare when it fits, else a new one. */
@@ -219,6 +241,7 @@ export class Engine {
 
   /** One invocation of a run this worker holds the lease of. */
   runClaimed(run: ClaimedRun, signals: InvocationSignals = {}): Promise<InvocationResult> {
+    if (this.#executor) return this.#executor.run(run, signals, this);
     return new Invocation(this, run, signals).run();
   }
 }

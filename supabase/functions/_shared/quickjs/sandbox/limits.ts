@@ -94,6 +94,20 @@ export function resolveLimits(partial: Partial<SandboxLimits> = {}): SandboxLimi
 }
 
 /**
+ * Told when a slice starts (its deadline, on performance.now()) and ends (Infinity): a
+ * thread running VMs publishes it where the thread that can stop it reads it (the worker's
+ * watchdog, scripts/lib/threads/), for the built-ins the interrupt handler cannot reach.
+ */
+export type SliceObserver = (deadline: number) => void;
+
+let sliceObserver: SliceObserver | undefined;
+
+/** Sets (or, with undefined, clears) this thread's slice observer. */
+export function observeSlices(observer: SliceObserver | undefined): void {
+  sliceObserver = observer;
+}
+
+/**
  * What the interrupt handler checks, every few thousand QuickJS instructions: the CPU
  * deadline of the current slice, and the heap's high-water mark. (QuickJS's own memory
  * limit counts allocations, not bytes, in this build: its malloc_usable_size is 0 under
@@ -107,10 +121,12 @@ export class InterruptWatch {
   /** Starts the CPU deadline of a slice. */
   arm(ms: number, now = performance.now()): void {
     this.#deadline = now + ms;
+    sliceObserver?.(this.#deadline);
   }
 
   disarm(): void {
     this.#deadline = Infinity;
+    sliceObserver?.(Infinity);
   }
 
   /**
