@@ -15,10 +15,13 @@
 import {
   type ClaimedRun,
   type Engine,
+  getBuild,
   type InvocationResult,
   type InvocationSignals,
   type RunError,
   type RunExecutor,
+  shareBootImage,
+  type SharedBootImage,
   type SqlDriver,
   StoreError,
 } from "../../../supabase/functions/_shared/quickjs/mod.ts";
@@ -62,7 +65,11 @@ class Thread {
   busy: Busy | undefined;
   dead = false;
 
-  constructor(pool: ThreadPool, config: ThreadConfig) {
+  constructor(
+    pool: ThreadPool,
+    config: ThreadConfig,
+    shared: { compiled: WebAssembly.Module; boot: SharedBootImage },
+  ) {
     this.worker = new Worker(new URL("./thread.ts", import.meta.url), { type: "module" });
     let ready!: () => void, failed!: (e: Error) => void;
     this.ready = new Promise<void>((resolve, reject) => {
@@ -100,7 +107,7 @@ class Thread {
       this.#end()?.reject(error);
       pool.note(error.message);
     };
-    this.post({ type: "init", config, slot: this.slice.buffer as SharedArrayBuffer });
+    this.post({ type: "init", config, slot: this.slice.buffer as SharedArrayBuffer, ...shared });
   }
 
   post(message: ToThread): void {
@@ -129,6 +136,7 @@ export class ThreadPool implements RunExecutor {
   readonly #watchMs: number;
   readonly #onNote: (message: string) => void;
   readonly #threads = new Set<Thread>();
+  readonly #starting = new Set<symbol>();
   readonly #idle: Thread[] = [];
   readonly #waiting: ((thread: Promise<Thread>) => void)[] = [];
   #watchdog: ReturnType<typeof setInterval> | undefined;
@@ -159,7 +167,7 @@ export class ThreadPool implements RunExecutor {
   /** Starts every thread (each builds its boot image) so the first runs do not wait. */
   async prepare(): Promise<void> {
     const started: Promise<Thread>[] = [];
-    while (this.#threads.size < this.#size) started.push(this.#spawn());
+    while (this.#threads.size + this.#starting.size < this.#size) started.push(this.#spawn());
     for (const thread of await Promise.all(started)) this.#give(thread);
   }
 
@@ -215,20 +223,36 @@ export class ThreadPool implements RunExecutor {
     this.#onNote(message);
   }
 
-  #spawn(): Promise<Thread> {
-    const thread = new Thread(this, this.#config);
-    this.#threads.add(thread);
-    return thread.ready.then(() => thread, (e) => {
-      this.#threads.delete(thread);
-      throw e;
-    });
+  async #spawn(): Promise<Thread> {
+    const placeholder = this.#reserve();
+    try {
+      const [{ compiled }, boot] = await Promise.all([getBuild(), shareBootImage()]);
+      const thread = new Thread(this, this.#config, { compiled, boot });
+      this.#threads.add(thread);
+      try {
+        await thread.ready;
+      } catch (e) {
+        this.#threads.delete(thread);
+        throw e;
+      }
+      return thread;
+    } finally {
+      this.#starting.delete(placeholder);
+    }
+  }
+
+  /** Counts a thread being started against the size until it is in #threads. */
+  #reserve(): symbol {
+    const placeholder = Symbol("starting");
+    this.#starting.add(placeholder);
+    return placeholder;
   }
 
   #take(): Promise<Thread> {
     if (this.#closed) return Promise.reject(new Error("the thread pool is closed"));
     const idle = this.#idle.pop();
     if (idle) return Promise.resolve(idle);
-    if (this.#threads.size < this.#size) return this.#spawn();
+    if (this.#threads.size + this.#starting.size < this.#size) return this.#spawn();
     return new Promise<Promise<Thread>>((resolve) => this.#waiting.push(resolve)).then((t) => t);
   }
 

@@ -5,6 +5,7 @@ import type {
   EngineEvent,
   InvocationResult,
   Operation,
+  SharedBootImage,
   SqlDriver,
 } from "../../../supabase/functions/_shared/quickjs/mod.ts";
 
@@ -34,7 +35,17 @@ export interface WireError {
 
 export type ToThread =
   /** `slot`: two float64s, the current slice's start and deadline (epoch ms; 0: none). */
-  | { type: "init"; config: ThreadConfig; slot: SharedArrayBuffer }
+  /**
+   * `compiled` and `boot`: the QuickJS module and the boot image, made once for every
+   * thread (wasm.ts shareCompiled, boot_image.ts shareBootImage).
+   */
+  | {
+    type: "init";
+    config: ThreadConfig;
+    slot: SharedArrayBuffer;
+    compiled: WebAssembly.Module;
+    boot: SharedBootImage;
+  }
   | { type: "run"; run: ClaimedRun; claimedAtEpoch: number }
   | { type: "reply"; id: number; ok: true; value: unknown }
   | { type: "reply"; id: number; ok: false; error: WireError }

@@ -18,6 +18,8 @@ import {
 } from "../../../supabase/functions/_shared/quickjs/engine/tools.ts";
 import { httpOptionsFromEnv } from "../../../supabase/functions/_shared/quickjs/engine/http_tool.ts";
 import { observeSlices } from "../../../supabase/functions/_shared/quickjs/sandbox/limits.ts";
+import { shareCompiled } from "../../../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
+import { adoptBootImage } from "../../../supabase/functions/_shared/quickjs/sandbox/boot_image.ts";
 import { loadToolsModule } from "../tools_module.ts";
 import type { FromThread, ThreadConfig, ToThread, WireError } from "./protocol.ts";
 
@@ -104,6 +106,8 @@ self.onmessage = (event: MessageEvent<ToThread>) => {
   const message = event.data;
   switch (message.type) {
     case "init":
+      shareCompiled(message.compiled);
+      adoptBootImage(message.boot);
       init(message.config, message.slot).then(
         () => post({ type: "ready" }),
         (e) => post({ type: "init-failed", message: (e as Error)?.message ?? String(e) }),

@@ -100,7 +100,12 @@ export {
   TaskVm,
   type VmState,
 } from "./sandbox/vm.ts";
-export { getBootImage } from "./sandbox/boot_image.ts";
+export {
+  adoptBootImage,
+  getBootImage,
+  shareBootImage,
+  type SharedBootImage,
+} from "./sandbox/boot_image.ts";
 export {
   DEFAULT_LIMITS,
   LIMIT_BOUNDS,
@@ -139,6 +144,7 @@ export {
   BUILD_VARIANT,
   type BuildVariant,
   getBuild,
+  shareCompiled,
   VENDORED_WASM_DIR,
   WasmMissingError,
 } from "./sandbox/wasm.ts";

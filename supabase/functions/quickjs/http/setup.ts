@@ -10,6 +10,7 @@ import {
   httpOptionsFromEnv,
   type IsolateLife,
   postgresDriver,
+  type RunExecutor,
   type SqlDriver,
   Store,
   supabaseDriver,
@@ -107,12 +108,14 @@ export function jwksFrom(json: string | undefined): JSONWebKeySet | undefined {
 /**
  * `isolate`: the worker's life as the platform counts it; its `beforeunload` makes every
  * invocation hand its run over at the next idle point (index.ts listens for it).
+ * `executor`: where invocations run (`deno task serve`: a pool of threads, whose engines
+ * hold leases as `workerId`; the edge function has none, and runs them on its own thread).
  */
 export function appForStore(
   store: Store,
   env: Env,
   allowOrigin: string,
-  options: { isolate?: IsolateLife } = {},
+  options: { isolate?: IsolateLife; executor?: RunExecutor; workerId?: string } = {},
 ): App {
   const engine = new Engine({
     store,
@@ -120,8 +123,9 @@ export function appForStore(
       http: httpOptionsFromEnv(env),
       completionBaseUrl: completionBaseUrlFromEnv(env),
     }),
-    workerId: `edge-${crypto.randomUUID().slice(0, 8)}`,
+    workerId: options.workerId ?? `edge-${crypto.randomUUID().slice(0, 8)}`,
     isolate: options.isolate,
+    executor: options.executor,
   });
   return createApp({
     store,

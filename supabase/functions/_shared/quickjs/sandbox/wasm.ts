@@ -110,7 +110,7 @@ const builds = new Map<BuildVariant, Promise<WasmBuild>>();
 export function getBuild(variant: BuildVariant = BUILD_VARIANT): Promise<WasmBuild> {
   let build = builds.get(variant);
   if (!build) {
-    build = loadBuild(variant);
+    build = loadBuild(variant, shared.get(variant));
     builds.set(variant, build);
     build.catch(() => builds.delete(variant));
   }
@@ -123,7 +123,22 @@ export function getBuild(variant: BuildVariant = BUILD_VARIANT): Promise<WasmBui
  */
 export const VENDORED_WASM_DIR = new URL("./wasm/", import.meta.url);
 
-async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
+/** Modules compiled by another thread of this process (shareCompiled). */
+const shared = new Map<BuildVariant, WebAssembly.Module>();
+
+/**
+ * Uses a module another thread of this process compiled (a worker's threads get the main
+ * thread's, scripts/lib/threads/): V8 then shares its machine code instead of compiling and
+ * tiering it up once per thread (~10–30 MB each). Before the first getBuild of the variant.
+ */
+export function shareCompiled(compiled: WebAssembly.Module, variant = BUILD_VARIANT): void {
+  if (!builds.has(variant)) shared.set(variant, compiled);
+}
+
+async function loadBuild(
+  variant: BuildVariant,
+  compiled?: WebAssembly.Module,
+): Promise<WasmBuild> {
   const source = sourceOf(variant);
   const bytes = await readBuildBytes(variant);
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
@@ -132,7 +147,7 @@ async function loadBuild(variant: BuildVariant): Promise<WasmBuild> {
     packageName: source.packageName,
     packageVersion: source.version,
     wasmSha256: Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
-    compiled: await WebAssembly.compile(bytes),
+    compiled: compiled ?? await WebAssembly.compile(bytes),
     variantModule: await source.load(),
     facts: analyseWasm(bytes),
   };
