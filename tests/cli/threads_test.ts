@@ -15,6 +15,7 @@ import {
   ToolRegistry,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { ThreadPool } from "../../scripts/lib/threads/pool.ts";
+import { ROOT } from "../support/cli.ts";
 
 const { test } = testGroup("threads");
 
@@ -210,3 +211,66 @@ test("a store error crosses the thread with its code: a run taken over is lost, 
     await engine.close();
   }
 });
+
+test(
+  "deno task serve (real process, real HTTP) stops a BigInt's decimal string on its thread and keeps serving",
+  async (db) => {
+    const stuck = await publish(
+      db,
+      `export default async function () { return ${BIGINT_TO_STRING}; }`,
+      { sliceMs: 200 },
+    );
+    const benign = await publish(db, BENIGN);
+    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--frozen", `${ROOT}scripts/serve.ts`],
+      cwd: ROOT,
+      env: {
+        DATABASE_URL: db.url!,
+        SUPABASE_SERVICE_ROLE_KEY: "threads-test-key",
+        PORT: String(port),
+        QUICKJS_THREADS: "2",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = child.output();
+    const post = async (body: unknown) => {
+      const response = await fetch(`http://127.0.0.1:${port}/quickjs/runs`, {
+        method: "POST",
+        headers: { authorization: "Bearer threads-test-key", "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      return { status: response.status, body: await response.json() };
+    };
+    try {
+      for (let i = 0;; i++) {
+        try {
+          await fetch(`http://127.0.0.1:${port}/quickjs/runs/none`).then((r) => r.body?.cancel());
+          break;
+        } catch {
+          if (i > 300) throw new Error("serve did not start");
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+      const [stopped, ok] = await Promise.all([
+        post({ task: stuck, wait: 10_000 }),
+        post({ task: benign, input: 7, wait: 10_000 }),
+      ]);
+      assert.equal(stopped.status, 200, JSON.stringify(stopped.body));
+      assert.equal(stopped.body.run.status, "failed");
+      assert.equal(stopped.body.run.error.code, "SANDBOX_TIMEOUT");
+      assert.match(stopped.body.run.error.message, /thread was stopped/);
+      assert.equal(ok.body.run.status, "completed");
+      // the server goes on serving on a new thread
+      const again = await post({ task: benign, input: 8, wait: 10_000 });
+      assert.deepEqual(again.body.run.result, { sum: 10, input: 8 });
+    } finally {
+      child.kill("SIGTERM");
+      const out = await output;
+      const stderr = new TextDecoder().decode(out.stderr);
+      assert.match(stderr, /stopped the thread of run/, stderr);
+    }
+  },
+  { serverOnly: "runs deno task serve as a subprocess, which cannot open the tests' PGlite" },
+);
