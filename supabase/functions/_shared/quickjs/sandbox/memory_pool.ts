@@ -19,6 +19,19 @@ interface Pool {
 /** By size in bytes. */
 const pools = new Map<number, Pool>();
 const pooled = new WeakSet<WebAssembly.Memory>();
+/**
+ * The module instance a pooled memory was given back with (wasm.ts reuses it instead of
+ * instantiating again). Opaque here; the accounting stays by memory: an instance adds
+ * only its JS objects and a few KiB of tables to the memory it owns.
+ */
+const instances = new WeakMap<WebAssembly.Memory, unknown>();
+
+/** The instance kept with a memory just taken from the pool (once), or undefined. */
+export function takeInstance<T>(memory: WebAssembly.Memory): T | undefined {
+  const instance = instances.get(memory) as T | undefined;
+  instances.delete(memory);
+  return instance;
+}
 
 function pool(bytes: number): Pool {
   let p = pools.get(bytes);
@@ -51,10 +64,13 @@ export function takeMemory(pages: number): WebAssembly.Memory | undefined {
 export function giveBackMemory(
   memory: WebAssembly.Memory,
   written: [start: number, end: number][] = [[0, memory.buffer.byteLength]],
+  instance?: unknown,
 ): void {
   if (pooled.has(memory)) return;
   const bytes = new Uint8Array(memory.buffer);
   for (const [start, end] of written) bytes.fill(0, start, end);
+  if (instance !== undefined) instances.set(memory, instance);
+  else instances.delete(memory);
   pooled.add(memory);
   pool(memory.buffer.byteLength).idle.push(memory);
 }
@@ -93,6 +109,7 @@ export function evictOthers(keepBytes: number): WebAssembly.Memory[] {
     while (p.idle.length > p.promised) {
       const memory = p.idle.shift()!;
       pooled.delete(memory);
+      instances.delete(memory);
       dropped.push(memory);
     }
   }

@@ -8,7 +8,13 @@ import { giveBackMemory } from "./memory_pool.ts";
 import type { QuickJSContext, QuickJSHandle, QuickJSRuntime } from "quickjs-emscripten-core";
 import type { InterruptWatch, SandboxLimits } from "./limits.ts";
 import type { RunError } from "./errors.ts";
-import { BUILD_VARIANT, type BuildVariant, instantiate, type WasmInstance } from "./wasm.ts";
+import {
+  BUILD_VARIANT,
+  type BuildVariant,
+  canReuse,
+  instantiate,
+  type WasmInstance,
+} from "./wasm.ts";
 import {
   disposeSetup,
   getBootImage,
@@ -413,7 +419,12 @@ export class TaskVm {
     }
     // what a new VM's set-up and a restore rely on: the live pages (layout.ts)
     const dead = deadStackPages(facts.heapBase);
-    giveBackMemory(memory, [[0, dead.first * PAGE_SIZE], [dead.end * PAGE_SIZE, used]]);
+    // its module instance goes with it when it can be reset to a new one's (wasm.ts)
+    giveBackMemory(
+      memory,
+      [[0, dead.first * PAGE_SIZE], [dead.end * PAGE_SIZE, used]],
+      canReuse(this.instance) ? this.instance : undefined,
+    );
   }
 
   /** Drops a VM whose memory cannot be trusted, without running QuickJS's teardown. */

@@ -1,10 +1,11 @@
 /**
  * The QuickJS wasm build the sandbox runs on: which variant, where its bytes are, and the
  * facts about its memory layout that the snapshot code needs, all derived from the wasm
- * file itself. Every VM gets a FRESH module instance over its own WebAssembly.Memory;
- * the compiled WebAssembly.Module is shared.
+ * file itself. Every VM gets a module instance over its own WebAssembly.Memory, new or
+ * a disposed VM's reset to exactly a new one's state (instantiate, resetInstance); the
+ * compiled WebAssembly.Module is shared.
  */
-import { takeMemory } from "./memory_pool.ts";
+import { takeInstance, takeMemory } from "./memory_pool.ts";
 import {
   newQuickJSAsyncWASMModuleFromVariant,
   newVariant,
@@ -14,7 +15,14 @@ import {
 import asyncifyPackage from "@jitl/quickjs-wasmfile-release-asyncify/package.json" with {
   type: "json",
 };
-import { type BuildFacts, DEAD_STACK_BYTES } from "./layout.ts";
+import {
+  type BuildFacts,
+  DEAD_STACK_BYTES,
+  deadStackPages,
+  heapBreak,
+  PAGE_SIZE,
+  roundUpToPage,
+} from "./layout.ts";
 import { SandboxError } from "./errors.ts";
 
 /**
@@ -216,6 +224,93 @@ export interface WasmInstance {
   stackPointer(): number;
   /** What emscripten printed (assertion messages before an abort). */
   stderr: string[];
+  /** The wall clock the VM reads (Date.now by default); rebound when the instance is reused. */
+  setClock(now: (() => number) | undefined): void;
+  /** How many VMs this instance served before the current one (0 for a new instance). */
+  reuses: number;
+}
+
+/**
+ * Whether a disposed VM's module instance is kept with its pooled memory and reset for the
+ * next VM instead of instantiating again (setVmReuse). On by default: the pool is the
+ * memory pool's, counted by engine/admission.ts as before.
+ */
+let reuseInstances = true;
+
+/** Turns module-instance reuse on or off in this process (benchmarks, tests). */
+export function setVmReuse(enabled: boolean): void {
+  reuseInstances = enabled;
+}
+
+export function vmReuseEnabled(): boolean {
+  return reuseInstances;
+}
+
+/**
+ * A module instance's memory right after emscripten initialised it (data segments, the
+ * C environment, constructors), from 0 to its heap break: what a reused instance is reset
+ * to before a new runtime is made in it. Per build, captured from the first instance.
+ */
+const pristineImages = new WeakMap<WasmBuild, Uint8Array>();
+
+function capturePristine(build: WasmBuild, memory: WebAssembly.Memory): void {
+  if (pristineImages.has(build)) return;
+  const end = roundUpToPage(heapBreak(memory, build.facts));
+  const image = new Uint8Array(memory.buffer.slice(0, end));
+  // the far end of the C stack may hold a pooled memory's old bytes: a new Memory's zeros
+  const dead = deadStackPages(build.facts.heapBase);
+  image.fill(0, dead.first * PAGE_SIZE, Math.min(end, dead.end * PAGE_SIZE));
+  pristineImages.set(build, image);
+}
+
+/** The JS-side state of quickjs-emscripten's module that outlives a runtime. */
+interface ModuleCallbacks {
+  runtimeCallbacks: Map<number, unknown>;
+  contextCallbacks: Map<number, unknown>;
+  suspended?: unknown;
+}
+
+function callbacksOf(module: WasmInstance["module"]): ModuleCallbacks | undefined {
+  const callbacks = (module as unknown as { callbacks?: ModuleCallbacks }).callbacks;
+  return callbacks?.runtimeCallbacks instanceof Map &&
+      callbacks.contextCallbacks instanceof Map
+    ? callbacks
+    : undefined;
+}
+
+/**
+ * True when an instance whose runtime was freed can serve another VM: reuse is on, the
+ * C stack is unwound (stack pointer at its base), no asyncify suspension is open, and
+ * quickjs-emscripten's callback tables can be reset. vm.ts asks before pooling it.
+ */
+export function canReuse(instance: WasmInstance): boolean {
+  if (!reuseInstances || !pristineImages.has(instance.build)) return false;
+  const callbacks = callbacksOf(instance.module);
+  return callbacks !== undefined && callbacks.suspended === undefined &&
+    instance.stackPointer() === instance.build.facts.heapBase;
+}
+
+/**
+ * Resets a pooled instance to the state of a new one: its memory (already zeroed from the
+ * pristine image's end to the previous run's heap break by giveBackMemory; above it was
+ * never written) gets the pristine image over [0, end), so every byte equals a new
+ * instance's; quickjs-emscripten's runtime and context callback tables are emptied; the
+ * clock and the stderr buffer are the new VM's. The wasm globals need nothing: the stack
+ * pointer is back at its base (canReuse), asyncify's state is normal when nothing is
+ * suspended, and emscripten's other globals are fixed at initialisation.
+ */
+function resetInstance(instance: WasmInstance, now: (() => number) | undefined): boolean {
+  const pristine = pristineImages.get(instance.build);
+  const callbacks = callbacksOf(instance.module);
+  if (!pristine || !callbacks || callbacks.suspended !== undefined) return false;
+  if (instance.stackPointer() !== instance.build.facts.heapBase) return false;
+  new Uint8Array(instance.memory.buffer).set(pristine, 0);
+  callbacks.runtimeCallbacks.clear();
+  callbacks.contextCallbacks.clear();
+  instance.stderr.length = 0;
+  instance.setClock(now);
+  instance.reuses++;
+  return true;
 }
 
 /**
@@ -223,6 +318,8 @@ export interface WasmInstance {
  * that bounds the VM's memory in bytes (QuickJS's own limit counts allocations in this
  * build, not bytes) and keeps emscripten's views of the memory valid (quickjs-emscripten
  * 0.32 reads through a stale view when a job grows memory). V8 commits pages lazily.
+ * When the pooled memory comes with the instance of a disposed VM (and reuse is on), that
+ * instance is reset (resetInstance) instead: the same bytes and JS-side state as a new one.
  */
 export async function instantiate(
   build: WasmBuild,
@@ -233,9 +330,20 @@ export async function instantiate(
     MAX_WASM_PAGES,
     Math.max(build.facts.minPages, pages ?? build.facts.minPages),
   );
-  const memory = takeMemory(size) ?? new WebAssembly.Memory({ initial: size, maximum: size });
+  const pooledMemory = takeMemory(size);
+  if (pooledMemory) {
+    const kept = takeInstance<WasmInstance>(pooledMemory);
+    if (
+      kept && reuseInstances && kept.build === build && kept.memory === pooledMemory &&
+      resetInstance(kept, options.now)
+    ) {
+      return kept;
+    }
+  }
+  const memory = pooledMemory ?? new WebAssembly.Memory({ initial: size, maximum: size });
   const stderr: string[] = [];
   let exports: WebAssembly.Exports | undefined;
+  let clock: () => number = options.now ?? (() => Date.now());
   const variant = newVariant(build.variantModule as never, {
     wasmMemory: memory,
     emscriptenModule: {
@@ -248,7 +356,7 @@ export async function instantiate(
         imports: WebAssembly.Imports,
         onSuccess: (instance: WebAssembly.Instance, module: WebAssembly.Module) => void,
       ) {
-        if (options.now) replaceWallClock(imports, options.now);
+        replaceWallClock(imports, () => clock());
         const instance = new WebAssembly.Instance(build.compiled, imports);
         exports = instance.exports;
         onSuccess(instance, build.compiled);
@@ -260,7 +368,16 @@ export async function instantiate(
   if (module.getWasmMemory() !== memory) throw new Error("QuickJS did not use the given memory");
   const stackSave = exports?.[build.facts.stackSaveExport];
   if (typeof stackSave !== "function") throw new Error("stackSave export not found");
-  return { build, memory, module, stackPointer: stackSave as () => number, stderr };
+  capturePristine(build, memory);
+  return {
+    build,
+    memory,
+    module,
+    stackPointer: stackSave as () => number,
+    stderr,
+    setClock: (now) => (clock = now ?? (() => Date.now())),
+    reuses: 0,
+  };
 }
 
 /**
