@@ -41,6 +41,8 @@ const LIMITS = resolveLimits({});
 const CONTEXT: TaskContext = { runId: "bench", task: "bench", attempt: 1 };
 /** How the bench restores the snapshots of VMs it made with CONTEXT and LIMITS. */
 const RESTORE = { runId: CONTEXT.runId, limits: LIMITS };
+import { setVmReuse } from "../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
+
 const RESULTS_FILE = new URL("./results.json", import.meta.url);
 
 /** Returns at once: the cost of a VM around nothing. */
@@ -578,19 +580,22 @@ async function main(): Promise<number> {
       json: { type: "boolean", default: false },
       quick: { type: "boolean", default: false },
       pglite: { type: "boolean", default: false },
+      "no-reuse": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) {
     console.log(
-      "usage: deno task bench [--json] [--quick] [--pglite]\n" +
+      "usage: deno task bench [--json] [--quick] [--pglite] [--no-reuse]\n" +
         "  --json    print the results as JSON instead of a table\n" +
         "  --quick   a quarter of the repetitions (a smoke run; noisier)\n" +
-        "  --pglite  use PGlite even if a PostgreSQL server answers",
+        "  --pglite  use PGlite even if a PostgreSQL server answers\n" +
+        "  --no-reuse  a new module instance for every VM (sandbox/wasm.ts setVmReuse)",
     );
     return 0;
   }
   if (values.pglite) Deno.env.set("QUICKJS_TEST_PGLITE", "1");
+  if (values["no-reuse"]) setVmReuse(false);
   const log = (line: string) => console.error(`[bench] ${line}`);
   const results = await bench({ quick: values.quick, log });
   const tmp = new URL("./results.json.tmp", import.meta.url);

@@ -233,9 +233,18 @@ export interface WasmInstance {
 /**
  * Whether a disposed VM's module instance is kept with its pooled memory and reset for the
  * next VM instead of instantiating again (setVmReuse). On by default: the pool is the
- * memory pool's, counted by engine/admission.ts as before.
+ * memory pool's, counted by engine/admission.ts as before. QUICKJS_VM_REUSE=0 turns it off
+ * for a process (a kill switch; `deno task bench:peers` compares with it).
  */
-let reuseInstances = true;
+let reuseInstances = readReuseEnv();
+
+function readReuseEnv(): boolean {
+  try {
+    return Deno.env.get("QUICKJS_VM_REUSE") !== "0";
+  } catch {
+    return true; // no env access: the default
+  }
+}
 
 /** Turns module-instance reuse on or off in this process (benchmarks, tests). */
 export function setVmReuse(enabled: boolean): void {
