@@ -39,11 +39,28 @@ function pool(bytes: number): Pool {
   return p;
 }
 
-/** An idle memory of exactly `pages`, zeroed, or undefined (wasm.ts instantiate). */
-export function takeMemory(pages: number): WebAssembly.Memory | undefined {
+/**
+ * An idle memory of exactly `pages`, zeroed, or undefined (wasm.ts instantiate): the latest
+ * one whose kept instance `wanted` accepts (one of the build the caller instantiates), else
+ * the latest of all.
+ */
+export function takeMemory(
+  pages: number,
+  wanted?: (instance: unknown) => boolean,
+): WebAssembly.Memory | undefined {
   const p = pools.get(pages * WASM_PAGE);
-  const memory = p?.idle.pop();
-  if (!p || !memory) return undefined;
+  if (!p || p.idle.length === 0) return undefined;
+  let index = p.idle.length - 1;
+  if (wanted) {
+    for (let i = p.idle.length - 1; i >= 0; i--) {
+      const instance = instances.get(p.idle[i]!);
+      if (instance !== undefined && wanted(instance)) {
+        index = i;
+        break;
+      }
+    }
+  }
+  const memory = p.idle.splice(index, 1)[0]!;
   if (p.promised > 0) p.promised--; // taken by the VM it was promised to, as a rule
   p.promised = Math.min(p.promised, p.idle.length);
   pooled.delete(memory);

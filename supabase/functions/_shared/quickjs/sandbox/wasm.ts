@@ -339,7 +339,10 @@ export async function instantiate(
     MAX_WASM_PAGES,
     Math.max(build.facts.minPages, pages ?? build.facts.minPages),
   );
-  const pooledMemory = takeMemory(size);
+  const pooledMemory = takeMemory(
+    size,
+    reuseInstances ? (kept) => (kept as WasmInstance).build === build : undefined,
+  );
   if (pooledMemory) {
     const kept = takeInstance<WasmInstance>(pooledMemory);
     if (
