@@ -185,24 +185,16 @@ test("a store error crosses the thread with its code: a run taken over is lost, 
   const { engine } = threadedEngine(db, 1);
   try {
     const { id } = await db.store.enqueueRun({ task });
-    const [claimed] = await db.store.claimRuns({
-      worker: "w1",
-      limit: 1,
-      leaseSeconds: 30,
-      runId: id,
-    });
+    const claim = async (worker: string) =>
+      (await db.store.claimRuns({ worker, limit: 1, leaseSeconds: 30, runId: id }))[0];
+    const claimed = await claim("w1");
     assert.ok(claimed);
     // another worker's claim fences this one's lease off before its first write
     await db.query(
       `update quickjs.runs set lease_expires_at = now() - interval '1 s' where id = $1`,
       [id],
     );
-    const [other] = await db.store.claimRuns({
-      worker: "w2",
-      limit: 1,
-      leaseSeconds: 30,
-      runId: id,
-    });
+    const other = await claim("w2");
     assert.ok(other);
     const result = await engine.runClaimed(claimed);
     assert.equal(result.status, "lost");

@@ -4,8 +4,8 @@
  * heap byte or JS-side state of the previous run, the same limits, and snapshots that
  * restore in another process.
  */
+import { restoreInAnotherProcess } from "./restore_in_process.ts";
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { drive, errorOf, fixture, newVm, resultOf, TEST_CONTEXT } from "./drive.ts";
 import {
   resolveLimits,
@@ -171,28 +171,6 @@ Deno.test("a snapshot of a reused VM restores identically in another process", a
   vm.settle(1, { ok: true, value: null });
   const here = vm.run();
   assert.equal(here.kind, "done");
-  const file = await Deno.makeTempFile({ suffix: ".qjsnap" });
-  try {
-    await Deno.writeFile(file, bytes);
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "--frozen",
-        "--config",
-        fileURLToPath(new URL("../../deno.json", import.meta.url)),
-        fileURLToPath(new URL("./restore_in_process.ts", import.meta.url)),
-        file,
-        "--run-id",
-        TEST_CONTEXT.runId,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
-    const there = JSON.parse(new TextDecoder().decode(output.stdout));
-    assert.deepEqual(there.state, here);
-  } finally {
-    await Deno.remove(file);
-  }
+  const there = await restoreInAnotherProcess(bytes, TEST_CONTEXT.runId);
+  assert.deepEqual(there.state, here);
 });

@@ -3,8 +3,8 @@
  * only under its task's limits and its key, hands back the header it verified, and a
  * restored VM continues Math.random's exact sequence, also in another process.
  */
+import { restoreInAnotherProcess } from "./restore_in_process.ts";
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import {
   getBootImage,
   resolveLimits,
@@ -136,33 +136,11 @@ Deno.test("Math.random continues its exact sequence after a restore in another p
   vm.settle(1, { ok: true, value: null });
   const here = vm.run();
   assert.equal(here.kind, "done");
-  const file = await Deno.makeTempFile({ suffix: ".qjsnap" });
-  try {
-    await Deno.writeFile(file, bytes);
-    const output = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "--frozen",
-        "--config",
-        fileURLToPath(new URL("../../deno.json", import.meta.url)),
-        fileURLToPath(new URL("./restore_in_process.ts", import.meta.url)),
-        file,
-        "--run-id",
-        RUN,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
-    const there = JSON.parse(new TextDecoder().decode(output.stdout));
-    // the other process's boot image was seeded differently: the case the header's seed
-    // words are for (without them its state was ours XOR both seeds)
-    const boot = await getBootImage();
-    const seed = boot.seedWords.map((address) => boot.image[address >> 2]! >>> 0);
-    assert.notDeepEqual(there.seed, seed, "both processes booted with the same seed");
-    assert.deepEqual(there.state, here);
-  } finally {
-    await Deno.remove(file);
-  }
+  const there = await restoreInAnotherProcess(bytes, RUN);
+  // the other process's boot image was seeded differently: the case the header's seed
+  // words are for (without them its state was ours XOR both seeds)
+  const boot = await getBootImage();
+  const seed = boot.seedWords.map((address) => boot.image[address >> 2]! >>> 0);
+  assert.notDeepEqual(there.seed, seed, "both processes booted with the same seed");
+  assert.deepEqual(there.state, here);
 });

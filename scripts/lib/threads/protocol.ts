@@ -1,6 +1,5 @@
 /** The messages between the pool (pool.ts) and its threads (thread.ts). */
 import type {
-  Budget,
   ClaimedRun,
   EngineEvent,
   InvocationResult,
@@ -14,8 +13,6 @@ export interface ThreadConfig {
   workerId: string;
   leaseSeconds: number;
   inlineSleepMaxMs: number;
-  budget?: Partial<Budget>;
-  maxChildDepth?: number;
   durableAll: boolean;
   spareVm: boolean;
   /** `--tools module.ts`: each thread imports it itself (functions do not cross threads). */

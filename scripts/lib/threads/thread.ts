@@ -74,8 +74,6 @@ async function init(config: ThreadConfig, slot: SharedArrayBuffer): Promise<void
     workerId: config.workerId,
     leaseSeconds: config.leaseSeconds,
     inlineSleepMaxMs: config.inlineSleepMaxMs,
-    ...(config.budget ? { budget: config.budget } : {}),
-    ...(config.maxChildDepth !== undefined ? { maxChildDepth: config.maxChildDepth } : {}),
     durableAll: config.durableAll,
     spareVm: config.spareVm,
     onEvent: (event) => post({ type: "event", event }),
