@@ -32,6 +32,7 @@ const BASE = "https://project.example/functions/v1/quickjs";
 interface Received {
   method: string;
   args: Json[];
+  attempt: number;
   idempotencyKey: string;
   completion: CallCompletion;
 }
@@ -42,20 +43,32 @@ interface Received {
  */
 async function asyncService(
   db: TestDb,
-  options: { completionTimeoutMs?: number; before?: (r: Received) => Promise<void> } = {},
+  options: {
+    completionTimeoutMs?: number;
+    heartbeatTimeoutMs?: number;
+    retry?: Json;
+    /** Runs before the answer; a Response it returns is the answer instead of the 202. */
+    before?: (r: Received) => Promise<Response | void>;
+  } = {},
 ) {
   const received: Received[] = [];
   const server = serve(async (request) => {
     const body = await request.json() as Received;
     received.push(body);
-    await options.before?.(body);
-    return json({ accepted: true }, 202);
+    return await options.before?.(body) ?? json({ accepted: true }, 202);
   });
   const name = taskName("async").replace(/[^A-Za-z0-9_-]/g, "_");
   await db.query(
-    `insert into quickjs.services (name, url, timeout_ms, completion, completion_timeout_ms)
-     values ($1, $2, 2000, 'async', $3)`,
-    [name, server.url, options.completionTimeoutMs ?? 3_600_000],
+    `insert into quickjs.services
+       (name, url, timeout_ms, completion, completion_timeout_ms, heartbeat_timeout_ms, retry)
+     values ($1, $2, 2000, 'async', $3, $4, $5::text::jsonb)`,
+    [
+      name,
+      server.url,
+      options.completionTimeoutMs ?? 3_600_000,
+      options.heartbeatTimeoutMs ?? null,
+      options.retry === undefined ? null : JSON.stringify(options.retry),
+    ],
   );
   return { name, received, close: () => server.close() };
 }
@@ -64,7 +77,7 @@ function engineFor(db: TestDb, options: { snapshotKeys?: SnapshotKey[] } = {}): 
   return harness(db.store, { tools: { completionBaseUrl: BASE }, ...options });
 }
 
-/** POST …/runs/:id/calls/:seq/complete through the function's app, as a service would. */
+/** POST …/runs/:id/calls/:seq/complete (or …/heartbeat) through the function's app, as a service would. */
 async function completeOverHttp(h: Harness, path: string, body: unknown) {
   const app = createApp({
     store: h.store,
@@ -307,6 +320,147 @@ test("with an operator key, a completion posted to the route is sealed in the jo
     assert.match(row.result, /"\$sealed": "k1"/);
     const run = await runToEnd(h, id);
     assert.deepEqual(run.result, { receipt: { marker } });
+  } finally {
+    await service.close();
+  }
+});
+
+test("a service that stops heartbeating fails its call HEARTBEAT_TIMEOUT long before the completion deadline, and the task can catch it", async (db) => {
+  const service = await asyncService(db, { heartbeatTimeoutMs: 10_000 });
+  try {
+    const h = engineFor(db);
+    const id = await startWith(
+      h,
+      `export default async function ({ svc }) {
+        try {
+          return await tools[svc].transcode({ file: "a.mp4" });
+        } catch (e) {
+          return { code: e.code, message: e.message };
+        }
+      }`,
+      { svc: service.name },
+    );
+    assert.equal((await invokeOnce(h, id)).status, "suspended");
+    const sent = service.received[0]!.completion;
+    assert.equal(sent.heartbeatUrl, `${BASE}/runs/${id}/calls/1/heartbeat`);
+    assert.equal(sent.heartbeatTimeoutMs, 10_000);
+    assert.equal(sent.lastHeartbeat, undefined, "a first send has no progress to continue from");
+    // acknowledged at: the heartbeat clock starts there
+    const sentAt = Date.parse((await callOf(h, id, 1)).heartbeatDeadlineAt!) - 10_000;
+    const path = `/quickjs/runs/${id}/calls/1/heartbeat`;
+
+    // a heartbeat 8 s in pushes the deadline to 18 s; the tick at 15 s fails nothing
+    h.clock.jumpTo(new Date(sentAt + 8_000));
+    const beat = await completeOverHttp(h, path, { token: sent.token, details: { percent: 40 } });
+    assert.equal(beat.status, 200, JSON.stringify(beat.json));
+    assert.equal(beat.json.proceed, true);
+    assert.equal(beat.json.runStatus, "suspended");
+    const pushedTo = Date.parse(beat.json.call.heartbeatDeadlineAt) - (sentAt + 18_000);
+    assert.ok(pushedTo >= 0 && pushedTo < 500, `deadline 10 s after the heartbeat: ${pushedTo}`);
+    assert.deepEqual((await callOf(h, id, 1)).heartbeatDetails, { percent: 40 });
+    h.clock.jumpTo(new Date(sentAt + 15_000));
+    assert.equal((await h.store.tick(h.clock.now())).expired, 0);
+    assert.equal((await h.store.getRun(id))!.status, "suspended");
+
+    // then silence: past 18 s the tick fails the call, 59 minutes before its deadline
+    h.clock.jumpTo(new Date(sentAt + 19_000));
+    assert.equal((await h.store.tick(h.clock.now())).expired, 1);
+    const run = await runToEnd(h, id);
+    assert.equal(run.status, "completed", JSON.stringify(run.error));
+    const caught = run.result as { code: string; message: string };
+    assert.equal(caught.code, "HEARTBEAT_TIMEOUT");
+    assert.match(caught.message, /transcode: no heartbeat for 10000 ms \(the last: /);
+
+    // the service, still working, hears it should stop; its completion changes nothing
+    const late = await completeOverHttp(h, path, { token: sent.token });
+    assert.equal(late.status, 200);
+    assert.equal(late.json.proceed, false);
+    assert.equal(late.json.alreadyCompleted, true);
+    const done = await h.store.completeCall({ runId: id, seq: 1, token: sent.token, result: 1 });
+    assert.equal(done.alreadyCompleted, true);
+    assert.equal(done.status, "failed");
+    assert.equal(service.received.length, 1);
+  } finally {
+    await service.close();
+  }
+});
+
+test("heartbeats without a heartbeat timeout never fail a call; a forged token is 403 COMPLETION_REFUSED; a cancelled run's service hears proceed false", async (db) => {
+  const service = await asyncService(db);
+  try {
+    const h = engineFor(db);
+    const id = await startWith(h, AWAIT_ONE, { svc: service.name });
+    await invokeOnce(h, id);
+    const { token, heartbeatTimeoutMs } = service.received[0]!.completion;
+    assert.equal(heartbeatTimeoutMs, undefined);
+    const path = `/quickjs/runs/${id}/calls/1/heartbeat`;
+    const forged = await completeOverHttp(h, path, { token: "x".repeat(43) });
+    assert.equal(forged.status, 403, JSON.stringify(forged.json));
+    assert.equal(forged.json.error.code, "COMPLETION_REFUSED");
+    const tooBig = await completeOverHttp(h, path, { token, details: "x".repeat(70_000) });
+    assert.equal(tooBig.status, 422, JSON.stringify(tooBig.json));
+    const missing = await completeOverHttp(h, `/quickjs/runs/${id}/calls/9/heartbeat`, { token });
+    assert.equal(missing.status, 404);
+
+    const beat = await completeOverHttp(h, path, { token });
+    assert.equal(beat.json.proceed, true);
+    assert.equal(beat.json.call.heartbeatDeadlineAt, undefined, "no heartbeat deadline");
+    h.clock.jumpTo(new Date(h.clock.now().getTime() + 3_000_000));
+    await h.store.tick(h.clock.now());
+    assert.equal((await callOf(h, id, 1)).awaiting, true, "quiet for 50 min: still waits");
+
+    await h.store.cancelRun(id, { reason: "changed my mind", now: h.clock.now() });
+    const after = await h.store.heartbeatCall({ runId: id, seq: 1, token }, h.clock.now());
+    assert.equal(after.runStatus, "cancelled");
+    assert.equal(after.proceed, false);
+    assert.equal(after.alreadyCompleted, false);
+  } finally {
+    await service.close();
+  }
+});
+
+test("a re-sent asynchronous call carries its last heartbeat's progress, so the service continues from there", async (db) => {
+  let h: Harness | undefined;
+  let runId = "";
+  const service = await asyncService(db, {
+    heartbeatTimeoutMs: 60_000,
+    retry: { attempts: 2, initialDelayMs: 100, maxDelayMs: 100, jitter: 0 },
+    before: async (r) => {
+      if (r.attempt > 1) return;
+      // the first send: progress, then the acknowledgement is lost (503), so it is re-sent
+      await h!.store.heartbeatCall(
+        { runId, seq: 1, token: r.completion.token, details: { chunk: 7 } },
+        h!.clock.now(),
+      );
+      return new Response("busy", { status: 503 });
+    },
+  });
+  try {
+    h = engineFor(db);
+    runId = await startWith(h, AWAIT_ONE, { svc: service.name });
+    for (let n = 0; n < 20 && service.received.length < 2; n++) {
+      if ((await h.engine.claimAndRun({ limit: 8 })).length === 0) {
+        const next = await h.store.nextWakeAt(h.clock.now());
+        assert.ok(next, "the retry is due at some point");
+        h.clock.jumpTo(next);
+      }
+    }
+    assert.equal(service.received.length, 2, "sent again after the lost acknowledgement");
+    const [first, second] = service.received as [Received, Received];
+    assert.equal(first.completion.lastHeartbeat, undefined);
+    assert.deepEqual(second.completion.lastHeartbeat?.details, { chunk: 7 });
+    assert.ok(second.completion.lastHeartbeat?.at);
+    assert.notEqual(second.completion.token, first.completion.token);
+    assert.equal(second.idempotencyKey, first.idempotencyKey, "the same key");
+    const done = await h.store.completeCall({
+      runId,
+      seq: 1,
+      token: second.completion.token,
+      result: "transcoded",
+    });
+    assert.equal(done.status, "succeeded");
+    const run = await runToEnd(h, runId);
+    assert.deepEqual(run.result, { receipt: "transcoded" });
   } finally {
     await service.close();
   }

@@ -201,6 +201,7 @@ function contractSuite(
     const tHash = "e3b98a4da31a127d4bde6e43033f66ba274cab0eb7eb1c70ec41402bf6273dd8";
     await s.issueCompletion(leaseOf(run), 4, tHash, T0);
     await s.completionSent(leaseOf(run), 4, at(60), T0);
+    await s.heartbeatCall({ runId: run.id, seq: 4, token: "t", details: { n: 1 } }, T0);
     await s.completeCall({ runId: run.id, seq: 4, token: "t", result: 1 }, T0);
     await s.expireCompletions(T0);
     await s.recordCall(leaseOf(run), {

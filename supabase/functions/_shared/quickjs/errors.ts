@@ -171,6 +171,12 @@ export const ERROR_CODES = Object.freeze(
       sql: true,
       about: "an asynchronous call got no completion by its deadline (completion_timeout_ms)",
     },
+    HEARTBEAT_TIMEOUT: {
+      where: "call",
+      status: 504,
+      sql: true,
+      about: "an asynchronous call's service sent no heartbeat in time (heartbeat_timeout_ms)",
+    },
     TIMEOUT_OVER_BUDGET: {
       where: "call",
       status: 500,

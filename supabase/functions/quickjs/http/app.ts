@@ -11,6 +11,7 @@ import {
   getRun,
   type Handler,
   type HandlerDeps,
+  heartbeatCall,
   resumeRun,
   startRun,
   tick,
@@ -59,6 +60,10 @@ const ROUTES: { path: RegExp; methods: Partial<Record<Method, Handler>> }[] = [
   {
     path: /^\/runs\/(?<id>[^/]+)\/calls\/(?<seq>[^/]+)\/complete$/,
     methods: { POST: completeCall },
+  },
+  {
+    path: /^\/runs\/(?<id>[^/]+)\/calls\/(?<seq>[^/]+)\/heartbeat$/,
+    methods: { POST: heartbeatCall },
   },
   { path: /^\/tick$/, methods: { POST: tick } },
 ];

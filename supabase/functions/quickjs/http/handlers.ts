@@ -10,6 +10,7 @@ import {
   callParams,
   cancelRunBody,
   completeCallBody,
+  heartbeatCallBody,
   parse,
   resumeRunBody,
   runParams,
@@ -120,6 +121,31 @@ export const completeCall: Handler = async ({ deps, request, caller, params }) =
     ...(body.error ? { error: body.error } : { result: body.result ?? null }),
   }, deps.engine.clock.now());
   return Response.json({ call, alreadyCompleted });
+};
+
+/**
+ * POST /runs/:id/calls/:seq/heartbeat (service role): the service of an asynchronous call
+ * says it still works on it, with optional progress; `proceed` false tells it to stop (the
+ * call is settled, or its run is over). The answer shows the call's clock, not its arguments
+ * or outcome. Progress is not sealed: it is the service's, not the task's.
+ */
+export const heartbeatCall: Handler = async ({ deps, request, caller, params }) => {
+  requireService(caller);
+  const { id, seq } = parse(callParams, params, "path");
+  const body = parse(heartbeatCallBody, await readJsonBody(request, deps.body), "body");
+  const beat = await deps.store.heartbeatCall({
+    runId: id,
+    seq,
+    token: body.token,
+    ...(body.details !== undefined ? { details: body.details } : {}),
+  }, deps.engine.clock.now());
+  const { status, deadlineAt, heartbeatAt, heartbeatDeadlineAt } = beat;
+  return Response.json({
+    call: { seq, status, deadlineAt, heartbeatAt, heartbeatDeadlineAt },
+    alreadyCompleted: beat.alreadyCompleted,
+    runStatus: beat.runStatus,
+    proceed: beat.proceed,
+  });
 };
 
 /**

@@ -84,7 +84,7 @@ export function startRunBody(maxWaitMs: number) {
     });
 }
 
-/** POST /runs/:id/calls/:seq/complete: the path. */
+/** POST /runs/:id/calls/:seq/complete and …/heartbeat: the path. */
 export const callParams = z.strictObject({
   id: z.guid("must be a uuid"),
   seq: z.coerce.number().int().min(1).max(2 ** 31 - 1),
@@ -106,6 +106,23 @@ export const completeCallBody = z.strictObject({
   error: "give result or error, not both",
   path: ["error"],
 });
+
+/** The most progress a heartbeat may report, as JSON text: it is kept with the call. */
+export const MAX_HEARTBEAT_DETAILS_BYTES = 64 * 1024;
+
+/**
+ * POST /runs/:id/calls/:seq/heartbeat: the token the call was sent with, and optional
+ * progress (`details`), which a re-sent call carries back to the service.
+ */
+export const heartbeatCallBody = z.strictObject({
+  token: z.string().min(1).max(200),
+  details: jsonInput.optional(),
+}).refine(
+  (body) =>
+    body.details === undefined ||
+    new TextEncoder().encode(JSON.stringify(body.details)).length <= MAX_HEARTBEAT_DETAILS_BYTES,
+  { error: `details: at most ${MAX_HEARTBEAT_DETAILS_BYTES} bytes of JSON`, path: ["details"] },
+);
 
 /** POST /runs/:id/cancel; the body is optional. */
 export const cancelRunBody = z.strictObject({ reason: storableString().max(1000).optional() })

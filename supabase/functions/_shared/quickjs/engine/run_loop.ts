@@ -873,17 +873,43 @@ class Invocation {
    */
   async #handOver(
     seq: number,
-    completion: { timeoutMs: number },
+    completion: { timeoutMs: number; heartbeatTimeoutMs?: number },
     plan: { invoke: (context: ToolCallContext) => Promise<Json | undefined> },
     context: ToolCallContext,
   ): Promise<Known | "awaiting"> {
     const token = completionToken();
-    await this.#store.issueCompletion(this.#lease, seq, await sha256Hex(token), this.#now);
+    const issued = await this.#store.issueCompletion(
+      this.#lease,
+      seq,
+      await sha256Hex(token),
+      this.#now,
+    );
     const deadline = new Date(this.#now.getTime() + completion.timeoutMs);
-    const url = this.#engine.tools.completionUrl(this.#run.id, seq);
+    const tools = this.#engine.tools;
+    const url = tools.completionUrl(this.#run.id, seq);
+    const heartbeatUrl = tools.completionUrl(this.#run.id, seq, "heartbeat");
     await plan.invoke({
       ...context,
-      completion: { token, ...(url ? { url } : {}), deadlineAt: deadline.toISOString() },
+      completion: {
+        token,
+        ...(url ? { url } : {}),
+        deadlineAt: deadline.toISOString(),
+        ...(heartbeatUrl ? { heartbeatUrl } : {}),
+        ...(completion.heartbeatTimeoutMs
+          ? { heartbeatTimeoutMs: completion.heartbeatTimeoutMs }
+          : {}),
+        // sent again (a crash, a cut-off): the service may continue from its last progress
+        ...(issued.heartbeatAt
+          ? {
+            lastHeartbeat: {
+              at: issued.heartbeatAt,
+              ...(issued.heartbeatDetails !== undefined
+                ? { details: issued.heartbeatDetails }
+                : {}),
+            },
+          }
+          : {}),
+      },
     });
     const record = await this.#store.completionSent(this.#lease, seq, deadline, this.#now);
     if (record.status === "succeeded" || record.status === "failed") {

@@ -26,12 +26,21 @@ export interface ToolCallContext {
  * Sent with an asynchronous call: the service acknowledges at once and completes the call
  * later, however long after, with `token` (POST `url` with service auth, or
  * quickjs.complete_call() in SQL), until `deadlineAt`; then the call fails CALL_TIMEOUT.
+ * Meanwhile it may send heartbeats with the same token (POST `heartbeatUrl` {token,
+ * details}, or quickjs.heartbeat_call()); with `heartbeatTimeoutMs` it must, at least that
+ * often, or the call fails HEARTBEAT_TIMEOUT.
  */
 export interface CallCompletion {
   token: string;
   /** POST here {token, result} or {token, error: {code, message}}; absent: SQL only. */
   url?: string;
   deadlineAt: string;
+  /** POST here {token, details?}; the answer's `proceed` false says the service may stop. */
+  heartbeatUrl?: string;
+  /** The longest the service may go without a heartbeat; absent: heartbeats are optional. */
+  heartbeatTimeoutMs?: number;
+  /** A re-sent call: the progress the last heartbeat reported, to continue from. */
+  lastHeartbeat?: { at: string; details?: Json };
 }
 
 /**
@@ -68,7 +77,7 @@ export type ToolPlan =
      * An asynchronous service: `invoke` only hands the call over (`timeoutMs` bounds that);
      * the outcome comes through quickjs.complete_call within `timeoutMs` of completion.
      */
-    completion?: { timeoutMs: number };
+    completion?: { timeoutMs: number; heartbeatTimeoutMs?: number };
     /** Journaled once, with its outcome, after it ran (CustomTool.journalAfter). */
     journalAfter?: boolean;
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
@@ -214,17 +223,31 @@ export class ToolRegistry {
       kind: "invoke",
       timeoutMs: service.timeoutMs,
       ...(service.completion === "async"
-        ? { completion: { timeoutMs: service.completionTimeoutMs } }
+        ? {
+          completion: {
+            timeoutMs: service.completionTimeoutMs,
+            ...(service.heartbeatTimeoutMs
+              ? { heartbeatTimeoutMs: service.heartbeatTimeoutMs }
+              : {}),
+          },
+        }
         : {}),
       invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
       ...(retry && retry.attempts > 1 ? { retry } : {}),
     };
   }
 
-  /** The URL a service completes call `seq` of run `runId` at, when the engine knows one. */
-  completionUrl(runId: string, seq: number): string | undefined {
+  /**
+   * Where a service completes call `seq` of run `runId` (`…/complete`) or sends its
+   * heartbeats (`…/heartbeat`), when the engine knows its base URL.
+   */
+  completionUrl(
+    runId: string,
+    seq: number,
+    action: "complete" | "heartbeat" = "complete",
+  ): string | undefined {
     const base = this.options.completionBaseUrl?.replace(/\/+$/, "");
-    return base ? `${base}/runs/${runId}/calls/${seq}/complete` : undefined;
+    return base ? `${base}/runs/${runId}/calls/${seq}/${action}` : undefined;
   }
 
   #kv(method: string, args: Json[]): ToolPlan {
@@ -274,6 +297,7 @@ interface ServiceInfo {
   timeoutMs: number;
   completion?: "inline" | "async";
   completionTimeoutMs: number;
+  heartbeatTimeoutMs?: number;
   retry?: Record<string, Json>;
 }
 
@@ -307,7 +331,7 @@ function unknownMethod(service: string, method: string, known: string[]): ToolEr
  * A registered service: POST <url> with {method, args, runId, seq, attempt} and an
  * Idempotency-Key header. A 2xx reply's JSON (its `result` if it has one) is the value; any
  * other reply fails the call with the body's {error: {code, message}} if it has one. An
- * asynchronous call also carries `completion` ({token, url, deadlineAt}); its 2xx reply only
+ * asynchronous call also carries `completion` (CallCompletion); its 2xx reply only
  * acknowledges it.
  */
 async function callService(

@@ -10,6 +10,7 @@ import { Buffer } from "node:buffer";
 import type { Json } from "../sandbox/vm.ts";
 import type { RunError } from "../sandbox/errors.ts";
 import type {
+  CallHeartbeat,
   CallRecord,
   ClaimJson,
   DispatchHealth,
@@ -243,6 +244,16 @@ export const OPERATIONS = {
       p_now: d("timestamptz"),
     },
     returns: returnsJsonb<CallRecord & { alreadyCompleted: boolean }>(),
+  },
+  heartbeat_call: {
+    params: {
+      p_run_id: "uuid",
+      p_seq: "int",
+      p_completion_token: "text",
+      p_details: d("jsonb"),
+      p_now: d("timestamptz"),
+    },
+    returns: returnsJsonb<CallHeartbeat>(),
   },
   expire_completions: {
     params: { p_now: d("timestamptz") },

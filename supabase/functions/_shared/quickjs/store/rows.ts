@@ -105,6 +105,11 @@ export interface CallRecord {
   childRunId?: string;
   /** An asynchronous call: when it fails CALL_TIMEOUT without a completion. */
   deadlineAt?: string;
+  /** An asynchronous call: its service's last heartbeat, and the progress it reported. */
+  heartbeatAt?: string;
+  heartbeatDetails?: Json;
+  /** An asynchronous call: when it fails HEARTBEAT_TIMEOUT without a heartbeat. */
+  heartbeatDeadlineAt?: string;
   /** An asynchronous call the service acknowledged, waiting for its completion. */
   awaiting?: true;
   createdAt: string;
@@ -112,6 +117,14 @@ export interface CallRecord {
   completedAt?: string;
   /** record_call: true when the call had settled before and is delivered from the journal. */
   replayed?: boolean;
+}
+
+/** quickjs.heartbeat_call: the call afterwards, and whether its service should go on. */
+export interface CallHeartbeat extends CallRecord {
+  alreadyCompleted: boolean;
+  runStatus: RunStatus;
+  /** false: the call is settled (completed, or failed at a deadline) or its run is over. */
+  proceed: boolean;
 }
 
 /** A run a worker holds the lease of, with what it needs to continue it. */
@@ -231,6 +244,8 @@ export interface ServiceRow {
   /** async: the reply only acknowledges; quickjs.complete_call settles the call later. */
   completion: "inline" | "async";
   completionTimeoutMs: number;
+  /** async: the longest a call may go without a heartbeat; absent: no heartbeats needed. */
+  heartbeatTimeoutMs?: number;
   /** Retry policy of its calls (engine/retry.ts); absent: one attempt. */
   retry?: Record<string, Json>;
 }

@@ -14,6 +14,7 @@ import type { RunError } from "../sandbox/errors.ts";
 import type { Json } from "../sandbox/vm.ts";
 import type { SnapshotHeader } from "../sandbox/snapshot.ts";
 import type {
+  CallHeartbeat,
   CallRecord,
   ClaimedRun,
   DispatchHealth,
@@ -369,7 +370,31 @@ export class Store {
     });
   }
 
-  /** Fails CALL_TIMEOUT the asynchronous calls past their deadline (the tick does this too). */
+  /**
+   * A service says it still works on an asynchronous call, with optional progress
+   * (`details`, kept and sent again with a re-sent call): pushes back the call's heartbeat
+   * deadline. `proceed` false: the call is settled or its run is over, so the service may
+   * stop. COMPLETION_REFUSED for another token.
+   */
+  heartbeatCall(heartbeat: {
+    runId: string;
+    seq: number;
+    token: string;
+    details?: Json;
+  }, now?: Date): Promise<CallHeartbeat> {
+    return this.#call("heartbeat_call", {
+      p_run_id: heartbeat.runId,
+      p_seq: heartbeat.seq,
+      p_completion_token: heartbeat.token,
+      p_details: heartbeat.details ?? null,
+      p_now: now,
+    });
+  }
+
+  /**
+   * Fails the asynchronous calls past their deadline (CALL_TIMEOUT) or their next heartbeat
+   * (HEARTBEAT_TIMEOUT); the tick does this too.
+   */
   expireCompletions(now?: Date): Promise<number> {
     return this.#call("expire_completions", { p_now: now });
   }
