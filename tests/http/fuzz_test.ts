@@ -57,7 +57,7 @@ type Rng = ReturnType<typeof prng>;
 
 // ---- what a generated request is -------------------------------------------------------------
 
-type Route = "start" | "get" | "cancel" | "resume" | "tick" | "none";
+type Route = "start" | "get" | "cancel" | "resume" | "tick" | "complete" | "heartbeat" | "none";
 
 interface Case {
   route: Route;
@@ -331,6 +331,16 @@ function bodyFor(
     case "tick":
       valid = r.pick([undefined, "{}", `{"limit":${1 + r.int(3)}}`]);
       break;
+    // no call of the world was sent with a completion token: every one is refused
+    case "complete":
+      valid = r.pick([
+        `{"token":${jsonString(r)},"result":${jsonString(r)}}`,
+        `{"token":"${"t".repeat(43)}","error":{"code":"X","message":${jsonString(r)}}}`,
+      ]);
+      break;
+    case "heartbeat":
+      valid = r.pick([`{"token":${jsonString(r)}}`, `{"token":"t","details":{"p":${r.int(100)}}}`]);
+      break;
   }
   if (!r.chance(0.4)) return { body: valid };
   if (route === "cancel" && r.chance(0.4)) {
@@ -358,6 +368,8 @@ const ROUTE_METHOD: Record<Exclude<Route, "none">, string> = {
   cancel: "POST",
   resume: "POST",
   tick: "POST",
+  complete: "POST",
+  heartbeat: "POST",
 };
 
 function idFor(r: Rng, world: World): { id: string; broken?: string; protectedRun?: boolean } {
@@ -402,9 +414,19 @@ const CONTENT_TYPES = [
 ];
 
 function generate(r: Rng, world: World): Case {
-  const route: Route = r.chance(0.05)
-    ? "none"
-    : r.pick(["start", "start", "start", "get", "get", "cancel", "cancel", "resume", "tick"]);
+  const route: Route = r.chance(0.05) ? "none" : r.pick<Route>([
+    "start",
+    "start",
+    "start",
+    "get",
+    "get",
+    "cancel",
+    "cancel",
+    "resume",
+    "tick",
+    "complete",
+    "heartbeat",
+  ]);
   let broken: string | undefined;
   let path: string;
   let protectedRun = false;
@@ -431,7 +453,13 @@ function generate(r: Rng, world: World): Case {
     const id = idFor(r, world);
     broken = id.broken;
     protectedRun = id.protectedRun === true;
-    path = `${prefix}/runs/${id.id}${route === "get" ? "" : `/${route}`}`;
+    const action = route === "complete" || route === "heartbeat"
+      ? `/calls/${r.pick(["1", "1", "2", "0", "-1", "x", "99999999999", "1.5"])}/${route}`
+      : route === "get"
+      ? ""
+      : `/${route}`;
+    path = `${prefix}/runs/${id.id}${action}`;
+    if (route === "complete" || route === "heartbeat") broken ??= "no call took this token";
   }
   if (r.chance(0.15)) {
     path += r.pick(["?x=1", "?wait=99999", "?a=%00", "#frag", "?" + "q".repeat(500)]);
@@ -453,7 +481,8 @@ function generate(r: Rng, world: World): Case {
   const token = world.tokens[tokenName];
   if (token !== undefined) headers.authorization = token;
   if ((BROKEN_TOKENS as readonly string[]).includes(tokenName)) broken ??= `token ${tokenName}`;
-  if ((route === "resume" || route === "tick") && tokenName.startsWith("user")) {
+  const serviceOnly = ["resume", "tick", "complete", "heartbeat"].includes(route);
+  if (serviceOnly && tokenName.startsWith("user")) {
     broken ??= "a user on a service route";
   }
   const contentType = r.pick(CONTENT_TYPES);
