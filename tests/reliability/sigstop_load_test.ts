@@ -22,7 +22,7 @@ import {
 const { test } = dbTests("reliability_sigstop_load");
 const LEASE_SECONDS = 3;
 const SHAPE = LONG
-  ? { runs: 200, steps: 10, workers: 3, pauses: 20, drainMs: 300_000 }
+  ? { runs: 400, steps: 10, workers: 3, pauses: 20, drainMs: 300_000 }
   : { runs: 60, steps: 6, workers: 3, pauses: 4, drainMs: 45_000 };
 
 test(
