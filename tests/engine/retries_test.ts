@@ -83,6 +83,12 @@ test("a service that answers 500 twice is retried with a short backoff in the pr
     const call = await callOf(h, id, 1);
     assert.equal(call.status, "succeeded");
     assert.equal(call.attempts, 3);
+    // the two failed attempts stay in the entry, not only in the log
+    assert.deepEqual(
+      call.attemptErrors?.map((a) => [a.attempt, a.error.code, a.error.message]),
+      [[1, "SERVICE_ERROR", "failure 1"], [2, "SERVICE_ERROR", "failure 2"]],
+    );
+    assert.equal(call.error, undefined, "a succeeded call has no error of its own");
     assert.equal(logsOf(run, "system").filter((m) => /attempt \d of 4 failed/.test(m)).length, 2);
   } finally {
     await service.close();

@@ -100,6 +100,8 @@ export interface CallRecord {
   error?: RunError & { data?: Json };
   /** Attempts sent: a service's retries, and sends again after a crash or a cut-off. */
   attempts: number;
+  /** A retried call's failed attempts, in order (absent: none failed and was retried). */
+  attemptErrors?: { attempt: number; at: string; error: RunError & { data?: Json } }[];
   idempotencyKey: string;
   wakeAt?: string;
   childRunId?: string;

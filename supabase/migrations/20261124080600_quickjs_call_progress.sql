@@ -1,4 +1,10 @@
--- Durable QuickJS tasks, after the five: heartbeats of asynchronous calls. A service that
+-- Durable QuickJS tasks, after the five: what a call goes through before it settles.
+--
+-- The failed attempts of a retried call stay in its journal entry (attempt_errors), not only
+-- in the log, so the entry of a call that succeeded at its third attempt shows the two
+-- before.
+--
+-- Heartbeats of asynchronous calls. A service that
 -- works on a call for hours says it is alive (POST …/runs/:id/calls/:seq/heartbeat, or
 -- quickjs.heartbeat_call() in SQL), with its progress; a service registered with
 -- heartbeat_timeout_ms that stays silent longer fails the call HEARTBEAT_TIMEOUT at the next
@@ -7,6 +13,32 @@
 -- sent again after a crash carries the last progress reported, so the work can continue from
 -- there. Its own file, so the set above stays as it was; it grants what 5 of 5 grants, for the
 -- functions it adds.
+
+alter table quickjs.calls add column attempt_errors jsonb not null default '[]'
+  check (jsonb_typeof(attempt_errors) = 'array');
+comment on column quickjs.calls.attempt_errors is
+  'A retried call''s failed attempts, in order: {attempt, at, error} (error sealed as the '
+  'entry''s error is, when the journal is).';
+
+create or replace function quickjs.retry_call(
+  p_run_id uuid, p_token bigint, p_seq int, p_error jsonb, p_wake_at timestamptz,
+  p_logs jsonb default '[]', p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
+  c quickjs.calls;
+begin
+  update quickjs.calls set status = 'pending', error = p_error, wake_at = p_wake_at,
+    attempt_errors = attempt_errors
+      || jsonb_build_array(jsonb_build_object('attempt', attempts, 'at', p_now, 'error', p_error))
+  where run_id = r.id and seq = p_seq and status = 'started'
+  returning * into c;
+  if not found then
+    c := quickjs.require_call(r.id, p_seq); -- left as it was, or CALL_NOT_FOUND
+  end if;
+  perform quickjs.append_logs(r.id, r.attempts, p_logs);
+  return quickjs.call_json(c);
+end $$;
 
 alter table quickjs.services add column heartbeat_timeout_ms bigint
   check (heartbeat_timeout_ms is null or heartbeat_timeout_ms between 1000 and 2592000000);
@@ -39,6 +71,7 @@ create or replace function quickjs.call_json(c quickjs.calls) returns jsonb lang
     'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at,
     'deadlineAt', c.deadline_at, 'heartbeatAt', c.heartbeat_at,
     'heartbeatDetails', c.heartbeat_details, 'heartbeatDeadlineAt', c.heartbeat_deadline_at,
+    'attemptErrors', case when jsonb_array_length(c.attempt_errors) > 0 then c.attempt_errors end,
     -- sent, waiting for its completion: a restored VM must not send it again
     'awaiting', case when c.completion_sent_at is not null and c.completed_at is null
                      then true end))
