@@ -93,6 +93,8 @@ function adapter({ db }: { db: string }) {
           // the 1 s sleep of the sleep workload must be durable, not held in-process
           "--inline-sleep-max-ms",
           "0",
+          // peers.ts --ours-mode: the VMs on the worker's thread, or on its pool of threads
+          ...(Deno.env.get("BENCH_OURS_MODE") === "threads" ? [] : ["--in-process"]),
         ],
         env: {},
         cwd: ROOT,

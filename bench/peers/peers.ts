@@ -14,7 +14,7 @@
  *     [--steps-n 200] [--steps-concurrency 8] [--sleep-n 100] [--sleep-concurrency 8]
  *     [--steady-batches 10] [--steady-per-batch 50] [--steady-every-round]
  *     [--workloads trivial,latency,steps,sleep,steady]
- *     [--peers-dir DIR] [--update-peers]
+ *     [--ours-mode in-process|threads] [--peers-dir DIR] [--update-peers]
  *     [--out bench/peers.json] [--json]
  *
  * Exit code: 0 when every workload ran (a FAILed target is a finding, not an error), 1 when a
@@ -65,6 +65,12 @@ interface Config {
   steadyPerBatch: number;
   steadyEveryRound: boolean;
   workloads: string[];
+  /**
+   * How our worker runs its VMs: on its own thread as the peers run their jobs (the
+   * comparison's default), or on its pool of threads, one per concurrent invocation, each
+   * stopped from outside at its deadline (the worker's default; the peers have no such thing).
+   */
+  oursMode: "in-process" | "threads";
   peersDir: string;
   updatePeers: boolean;
   out: string;
@@ -110,6 +116,7 @@ function parseConfig(args: string[]): Config {
       "steady-per-batch": { type: "string" },
       "steady-every-round": { type: "boolean", default: false },
       workloads: { type: "string", default: WORKLOADS.join(",") },
+      "ours-mode": { type: "string", default: "in-process" },
       "peers-dir": { type: "string" },
       "update-peers": { type: "boolean", default: false },
       out: { type: "string", default: join(ROOT, "bench/peers.json") },
@@ -128,6 +135,10 @@ function parseConfig(args: string[]): Config {
   const systems = values.systems.split(",").map((s) => s.trim()) as System[];
   for (const s of systems) {
     if (!SYSTEMS.includes(s)) throw new UsageError(`--systems: unknown system ${s}`);
+  }
+  const oursMode = values["ours-mode"];
+  if (oursMode !== "in-process" && oursMode !== "threads") {
+    throw new UsageError(`--ours-mode: in-process or threads, not ${oursMode}`);
   }
   const workloads = values.workloads.split(",").map((w) => w.trim());
   for (const w of workloads) {
@@ -156,6 +167,7 @@ function parseConfig(args: string[]): Config {
     steadyPerBatch: pick("steady-per-batch", "50", "20"),
     steadyEveryRound: values["steady-every-round"],
     workloads,
+    oursMode,
     peersDir: values["peers-dir"] ?? Deno.env.get("BENCH_PEERS_DIR") ??
       join(homedir(), ".cache/quickjs-bench-peers"),
     updatePeers: values["update-peers"],
@@ -262,6 +274,7 @@ async function runDriver(
     env: {
       BENCH_PEERS_DIR: config.peersDir,
       BENCH_DBOS_POLL_MS: String(config.dbosPollMs),
+      BENCH_OURS_MODE: config.oursMode,
       NODE_NO_WARNINGS: "1",
     },
     stdout: "piped",
@@ -675,6 +688,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       steadyBatches: config.steadyBatches,
       steadyPerBatch: config.steadyPerBatch,
       dbosPollMs: config.dbosPollMs,
+      oursMode: config.oursMode,
     },
     figures,
     targets: checks,
