@@ -213,7 +213,7 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
         "att",
         "idempotency key",
         "child run",
-        "wake at",
+        "wake at / waiting",
         "outcome",
       ],
       calls.map((c) => [
@@ -224,8 +224,9 @@ function inspectText({ run, calls, snapshot, logs, logCount }: RunReport): strin
         String(c.attempts),
         c.idempotencyKey,
         c.childRunId ?? "",
-        c.wakeAt ?? "",
-        c.outcome ?? (c.status === "pending" || c.status === "started" ? `(${c.args})` : ""),
+        c.wakeAt ?? c.waiting ?? "",
+        (c.outcome ?? (c.status === "pending" || c.status === "started" ? `(${c.args})` : "")) +
+        (c.failedAttempts ? ` [failed before: ${c.failedAttempts.join(", ")}]` : ""),
       ]),
       "  ",
     ));

@@ -47,6 +47,10 @@ export interface CallSummary {
   completedAt?: string;
   /** JSON of the result, or "CODE: message" of the error; absent while unsettled. */
   outcome?: string;
+  /** An asynchronous call still waiting: its deadline, and its heartbeats'. */
+  waiting?: string;
+  /** A retried call's failed attempts, "N CODE" each (the journal keeps them all). */
+  failedAttempts?: string[];
 }
 
 /** The operator's key ring (QUICKJS_ENCRYPTION_KEY): keyed snapshots verify and decrypt with it. */
@@ -137,6 +141,21 @@ function summarizeCall(call: CallRecord): CallSummary {
   if (call.childRunId) summary.childRunId = call.childRunId;
   if (call.wakeAt) summary.wakeAt = call.wakeAt;
   if (call.completedAt) summary.completedAt = call.completedAt;
+  if (call.awaiting) {
+    const beat = call.heartbeatAt
+      ? `; last heartbeat ${call.heartbeatAt}` +
+        (call.heartbeatDetails !== undefined
+          ? ` (${shorten(call.heartbeatDetails, VALUE_CHARS)})`
+          : "")
+      : "";
+    const due = call.heartbeatDeadlineAt ? `; next heartbeat by ${call.heartbeatDeadlineAt}` : "";
+    summary.waiting = `completion by ${call.deadlineAt}${beat}${due}`;
+  }
+  if (call.attemptErrors?.length) {
+    summary.failedAttempts = call.attemptErrors.map((a) =>
+      `${a.attempt} ${a.error.code ?? a.error.name ?? "Error"}`
+    );
+  }
   if (call.status === "succeeded") summary.outcome = shorten(call.result ?? null, VALUE_CHARS);
   if (call.status === "failed") {
     const text = `${call.error?.code ?? call.error?.name ?? "Error"}: ${call.error?.message ?? ""}`;

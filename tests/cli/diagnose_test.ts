@@ -18,6 +18,7 @@ import {
   restoreDryRun,
 } from "../../scripts/lib/diagnose.ts";
 import { SNAPSHOT_FORMAT, StoreError } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { at, leaseOf, startRun, T0 } from "../support/runs.ts";
 
 const { test } = testGroup("cli_diagnose");
 const SUBPROCESS = "runs the CLI as a subprocess, which cannot open the tests' in-memory PGlite";
@@ -146,6 +147,35 @@ test("inspectRun shows the run, its journal, its snapshot header and its last lo
   assert.equal(s.restorable, true);
   assert.equal(s.integrity, "ok");
   assert.ok(report.logs.some((l) => l.message === "about to sleep 7"));
+});
+
+test("inspectRun shows an asynchronous call's deadline and last heartbeat, and a retried call's failed attempts", async (db) => {
+  const run = await startRun(db.store, T0);
+  const lease = leaseOf(run);
+  const call = { service: "svc", path: ["go"], args: [], mode: "inline" as const, wakeAt: null };
+  await db.store.recordCall(lease, { ...call, seq: 1 }, T0);
+  await db.store.retryCall(lease, {
+    seq: 1,
+    error: { name: "ServiceError", code: "SERVICE_TIMEOUT", message: "slow" },
+    wakeAt: at(1),
+  }, T0);
+  await db.store.recordCall(lease, { ...call, seq: 1 }, at(1));
+  const token = "diagnose-token";
+  const sha = Array.from(
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token))),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+  await db.store.issueCompletion(lease, 1, sha, at(1));
+  await db.store.completionSent(lease, 1, at(3600), at(1));
+  await db.store.heartbeatCall({ runId: run.id, seq: 1, token, details: { percent: 40 } }, at(5));
+  const report = await inspectRun(db.store, run.id);
+  const c = report!.calls[0]!;
+  assert.deepEqual(c.failedAttempts, ["1 SERVICE_TIMEOUT"]);
+  const waiting = c.waiting?.match(/^completion by (\S+); last heartbeat (\S+) \((.*)\)$/);
+  assert.ok(waiting, c.waiting);
+  assert.equal(Date.parse(waiting[1]!), at(3600).getTime());
+  assert.equal(Date.parse(waiting[2]!), at(5).getTime());
+  assert.equal(waiting[3], '{"percent":40}');
 });
 
 test("inspectRun of a run that does not exist is null", async (db) => {
