@@ -2,7 +2,7 @@
  * Where a fresh VM's time goes, and what module-instance reuse (sandbox/wasm.ts) saves:
  * `deno run -A --frozen bench/vm_create.ts [rounds]`. Each round, interleaved: the parts of
  * a new instance one by one (a 41 MiB WebAssembly.Memory, the module instance with
- * emscripten's initialisation, runtime + context + boot image copy), then TaskVm.create +
+ * emscripten's initialisation, the boot image copy with the wrappers at its addresses), then TaskVm.create +
  * a trivial run + dispose with reuse off and on. Medians in ms; compare within one run.
  */
 import { getBootImage, resolveLimits, TaskVm } from "../supabase/functions/_shared/quickjs/mod.ts";
@@ -66,7 +66,7 @@ for (let i = 0; i < Math.min(rounds, 60) + 5; i++) {
     add("part: new WebAssembly.Memory (41 MiB)", tMem);
     add("part: instantiate (Memory + Instance + emscripten init)", tInst);
     add("part: boot image copy alone", tCopy);
-    add("part: setUpFromImage (newRuntime + newContext + copy + handles)", tSetup);
+    add("part: setUpFromImage (image copy + wrappers at its addresses)", tSetup);
   }
 }
 // reuse off and on in alternating blocks of 10 (the first of each block, which changes

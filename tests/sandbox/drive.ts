@@ -1,7 +1,8 @@
 /**
  * Drives a TaskVm to the end with a scripted host, so a sandbox test reads as: the task,
  * how the host answers each call, and what the run ended as. The caller owns the VM and
- * disposes it (`using vm = await newVm()`), so a leaked handle fails the test.
+ * disposes it (`using vm = await newVm()`), with QuickJS's teardown on (setVmTeardown), so a
+ * leaked handle fails the test.
  */
 import assert from "node:assert/strict";
 import {
@@ -16,6 +17,10 @@ import {
   TaskVm,
   type VmState,
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { setVmTeardown } from "../../supabase/functions/_shared/quickjs/sandbox/vm.ts";
+
+// the sandbox tests run QuickJS's teardown on every dispose: a leaked object aborts it
+setVmTeardown(true);
 
 /** How the scripted host answers a call; undefined leaves it parked. */
 export type Host = (call: HostCall) => CallOutcome | undefined;

@@ -121,17 +121,22 @@ export function setUpFromImage(
   bridge: HostFunction,
   options: { reseed: boolean },
 ): VmSetup {
-  const setup = setUpHost(instance, bridge, (context, runtime) => {
-    const memory = new Uint8Array(instance.memory.buffer);
-    const image = new Uint8Array(boot.image.buffer);
-    const dead = deadStackPages(boot.build.facts.heapBase);
-    memory.set(image.subarray(0, dead.first * PAGE_SIZE), 0);
-    memory.set(image.subarray(dead.end * PAGE_SIZE), dead.end * PAGE_SIZE);
-    if (options.reseed) reseed(instance.memory, boot.seedWords);
-    runtime.hostRefs.put(bridge as never);
-    const heap = context.getMemory(handleValue(runtime, "rt") as never);
-    return boot.pointers.handles.map((pointer) => heap.heapValueHandle(pointer as never));
-  });
+  const memory = new Uint8Array(instance.memory.buffer);
+  const image = new Uint8Array(boot.image.buffer);
+  const dead = deadStackPages(boot.build.facts.heapBase);
+  memory.set(image.subarray(0, dead.first * PAGE_SIZE), 0);
+  memory.set(image.subarray(dead.end * PAGE_SIZE), dead.end * PAGE_SIZE);
+  if (options.reseed) reseed(instance.memory, boot.seedWords);
+  const setup = withImagePointers(
+    instance,
+    boot,
+    () =>
+      setUpHost(instance, bridge, (context, runtime) => {
+        runtime.hostRefs.put(bridge as never);
+        const heap = context.getMemory(handleValue(runtime, "rt") as never);
+        return boot.pointers.handles.map((pointer) => heap.heapValueHandle(pointer as never));
+      }),
+  );
   const pointers = pointersOf(setup);
   if (JSON.stringify(pointers) !== JSON.stringify(boot.pointers)) {
     disposeSetup(setup);
@@ -141,6 +146,56 @@ export function setUpFromImage(
     );
   }
   return setup;
+}
+
+/**
+ * The host-side half of the set-up over memory that already holds the C half: the boot
+ * image has the runtime (its interrupt handler enabled), the context, the global object
+ * and the context wrapper's scratch word at the addresses it recorded, so
+ * quickjs-emscripten's constructors are answered with those addresses instead of building
+ * a runtime and a context in C (~0.4 ms: every intrinsic object) only for the image to
+ * overwrite them. The scratch word must be the image's own: a new allocation would take a
+ * chunk the image has free, which a restored task's heap may be using. The wrappers' own
+ * bookkeeping (callback tables, host references) runs as on a new VM.
+ */
+function withImagePointers<T>(instance: WasmInstance, boot: BootImage, setUp: () => T): T {
+  const { pointers, scratchWord } = boot;
+  const ffi = (instance.module as unknown as { ffi: Record<string, unknown> }).ffi;
+  const glue = (instance.module as unknown as { module: Record<string, unknown> }).module;
+  let scratchTaken = false;
+  const answers: [Record<string, unknown>, Record<string, unknown>][] = [
+    [ffi, {
+      QTS_NewRuntime: () => pointers.runtime,
+      QTS_NewContext: () => pointers.context,
+      QTS_GetGlobalObject: () => pointers.global,
+      QTS_RuntimeEnableInterruptHandler: () => {},
+    }],
+    [glue, {
+      _malloc: (bytes: number) => {
+        if (scratchTaken || bytes !== SCRATCH_BYTES) {
+          throw new Error(`the set-up from the image allocated ${bytes} bytes`);
+        }
+        scratchTaken = true;
+        return scratchWord;
+      },
+    }],
+  ];
+  const saved = answers.map(([target, stubs]) =>
+    [target, Object.fromEntries(Object.keys(stubs).map((name) => [name, target[name]]))] as const
+  );
+  for (const [target, stubs] of answers) Object.assign(target, stubs);
+  try {
+    return setUp();
+  } finally {
+    for (const [target, original] of saved) Object.assign(target, original);
+  }
+}
+
+/** The context wrapper's scratch word (QuickJSContext.uint32Out): one uint32. */
+const SCRATCH_BYTES = 4;
+
+function scratchWordOf(context: QuickJSContext): number {
+  return (context as unknown as { uint32Out: { value: { ptr: number } } }).uint32Out.value.ptr;
 }
 
 /** The addresses the set-up fixed, for the boot image and the snapshot header. */
@@ -176,6 +231,8 @@ export interface BootImage {
   image: Int32Array;
   end: number;
   pointers: VmPointers;
+  /** Where the set-up's context wrapper keeps its scratch word (withImagePointers). */
+  scratchWord: number;
   /**
    * Word addresses that differ between two set-ups: QuickJS seeds Math.random from the
    * clock when it creates a context. Fresh VMs get new random words there; their values
@@ -206,6 +263,7 @@ export interface SharedBootImage {
   image: Int32Array<SharedArrayBuffer>;
   end: number;
   pointers: VmPointers;
+  scratchWord: number;
   seedWords: number[];
   fingerprint: string;
 }
@@ -223,8 +281,8 @@ export function shareBootImage(variant: BuildVariant = BUILD_VARIANT): Promise<S
     shared = getBootImage(variant).then((boot) => {
       const image = new Int32Array(new SharedArrayBuffer(boot.image.byteLength));
       image.set(boot.image);
-      const { end, pointers, seedWords, fingerprint } = boot;
-      return { variant, image, end, pointers, seedWords, fingerprint };
+      const { end, pointers, scratchWord, seedWords, fingerprint } = boot;
+      return { variant, image, end, pointers, scratchWord, seedWords, fingerprint };
     });
     sharedImages.set(variant, shared);
     shared.catch(() => sharedImages.delete(variant));
@@ -248,6 +306,7 @@ export function adoptBootImage(shared: SharedBootImage): void {
       image: shared.image,
       end: shared.end,
       pointers: shared.pointers,
+      scratchWord: shared.scratchWord,
       seedWords: shared.seedWords,
       volatilePages: new Set(shared.seedWords.map((address) => Math.floor(address / PAGE_SIZE))),
       fingerprint: shared.fingerprint,
@@ -268,7 +327,11 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
   const b = await bootSetup(build);
   try {
     const pointers = pointersOf(a);
-    if (JSON.stringify(pointers) !== JSON.stringify(pointersOf(b))) {
+    const scratchWord = scratchWordOf(a.context);
+    if (
+      JSON.stringify(pointers) !== JSON.stringify(pointersOf(b)) ||
+      scratchWord !== scratchWordOf(b.context)
+    ) {
       throw new Error("VM set-up is not deterministic: two set-ups placed the runtime differently");
     }
     const facts = build.facts;
@@ -315,6 +378,7 @@ async function computeBootImage(variant: BuildVariant): Promise<BootImage> {
       image,
       end,
       pointers,
+      scratchWord,
       seedWords,
       volatilePages: new Set(seedWords.map((address) => Math.floor(address / PAGE_SIZE))),
       fingerprint: `${build.variant}-${build.wasmSha256.slice(0, 12)}-${hex.slice(0, 32)}`,
