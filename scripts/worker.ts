@@ -9,6 +9,8 @@
  *                        SUPABASE_DB_URL, else an in-memory PGlite)
  *   --concurrency N      invocations at once (default 4)
  *   --poll-ms MS         claim at least this often, in case a NOTIFY was lost (default 5000)
+ *   --tick-ms MS         run quickjs.tick() this often: asynchronous calls' deadlines and
+ *                        heartbeats, vanished workers' runs (default 10000; 0: pg_cron does)
  *   --lease-seconds S    lease length; renewed every third of it (default 30)
  *   --tools module.ts    in-process tools: the module's default export, { name: fn }
  *   --inline-sleep-max-ms MS  sleeps up to this long wait in-process; longer ones save the VM
@@ -49,7 +51,8 @@ import { loadToolsModule } from "./lib/tools_module.ts";
 import { ThreadPool } from "./lib/threads/pool.ts";
 import { resolve } from "node:path";
 
-const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--lease-seconds S] " +
+const USAGE = "usage: worker [--db URL] [--concurrency N] [--poll-ms MS] [--tick-ms MS] " +
+  "[--lease-seconds S] " +
   "[--tools module.ts] [--inline-sleep-max-ms MS] [--worker-id ID] [--in-process] [--once] [--json] " +
   "[--migrate]";
 
@@ -109,6 +112,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
         db: { type: "string" },
         concurrency: { type: "string", default: "4" },
         "poll-ms": { type: "string", default: "5000" },
+        "tick-ms": { type: "string", default: "10000" },
         "lease-seconds": { type: "string", default: "30" },
         tools: { type: "string" },
         "inline-sleep-max-ms": { type: "string", default: "5000" },
@@ -129,6 +133,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
       db: values.db,
       concurrency: positiveInt("concurrency", values.concurrency),
       pollMs: positiveInt("poll-ms", values["poll-ms"], 10),
+      tickMs: positiveInt("tick-ms", values["tick-ms"], 0),
       leaseSeconds: positiveInt("lease-seconds", values["lease-seconds"], 3),
       tools: await loadTools(values.tools),
       toolsModule: values.tools,
@@ -184,6 +189,7 @@ export async function main(args: string[] = Deno.args): Promise<number> {
   const worker = new WorkerLoop(store, engine, {
     concurrency: options.concurrency,
     pollMs: options.pollMs,
+    tickMs: options.tickMs,
     once: options.once,
     onInvocation: (result) => console.log(invocationLine(result, json)),
     onError: (e, where) => {

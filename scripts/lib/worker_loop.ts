@@ -5,8 +5,10 @@
  * (store.nextWakeAt), and at least every `pollMs`, the fallback when notifications are lost.
  * The next wake time is asked of the database at most once per `pollMs` and whenever the
  * one known has passed; in between, the wake times of this worker's own suspensions keep it.
- * stop() stops claiming, makes running invocations hand their runs over at their next idle
- * point, and resolves when they have.
+ * Every `tickMs` it also runs quickjs.tick(), pg_cron's job where there is no pg_cron: it
+ * fails asynchronous calls past their deadline or their heartbeat, and requeues runs whose
+ * worker vanished. stop() stops claiming, makes running invocations hand their runs over at
+ * their next idle point, and resolves when they have.
  */
 import type {
   ClaimedRun,
@@ -33,6 +35,11 @@ export interface WorkerOptions {
   pollMs?: number;
   /** Run until nothing is due and nothing runs, then end (tests, cron-style use). */
   once?: boolean;
+  /**
+   * Run quickjs.tick() at least this often (default 10000, as pg_cron does on Supabase; 0:
+   * never, pg_cron ticks): without it no asynchronous call ever times out.
+   */
+  tickMs?: number;
   /** LISTEN for NOTIFYs when the driver can (default true). */
   listen?: boolean;
   /** Called after every invocation. */
@@ -59,6 +66,8 @@ export class WorkerLoop {
   readonly #concurrency: number;
   readonly #pollMs: number;
   readonly #once: boolean;
+  readonly #tickMs: number;
+  #tickedAt = -Infinity;
   readonly #listen: boolean;
   readonly #onInvocation: (result: InvocationResult) => void;
   readonly #onError: NonNullable<WorkerOptions["onError"]>;
@@ -88,6 +97,7 @@ export class WorkerLoop {
     this.#concurrency = options.concurrency ?? 4;
     this.#pollMs = options.pollMs ?? 5000;
     this.#once = options.once ?? false;
+    this.#tickMs = options.tickMs ?? 10_000;
     this.#listen = options.listen ?? true;
     this.#onInvocation = options.onInvocation ?? (() => {});
     this.#onError = options.onError ?? (() => {});
@@ -95,6 +105,7 @@ export class WorkerLoop {
       throw new RangeError(`concurrency must be a whole number of at least 1`);
     }
     if (!(this.#pollMs > 0)) throw new RangeError("pollMs must be positive");
+    if (!(this.#tickMs >= 0)) throw new RangeError("tickMs must be 0 or more");
   }
 
   /** Invocations running now. */
@@ -153,6 +164,7 @@ export class WorkerLoop {
   async #run(): Promise<WorkerStats> {
     try {
       while (!this.#stopping) {
+        await this.#tick();
         const free = this.#concurrency - this.#running.size;
         if (free > 0 && this.#wanted) {
           this.#wanted = false;
@@ -217,6 +229,20 @@ export class WorkerLoop {
     this.#stats.maxConcurrent = Math.max(this.#stats.maxConcurrent, this.#running.size);
   }
 
+  /** quickjs.tick() when `tickMs` has passed; what it woke or failed is claimed next. */
+  async #tick(): Promise<void> {
+    const at = performance.now();
+    if (this.#tickMs === 0 || at - this.#tickedAt < this.#tickMs) return;
+    this.#tickedAt = at;
+    try {
+      const ticked = await this.#store.tick(this.#engine.clock.now());
+      if (ticked.requeued + ticked.woken + ticked.expired > 0) this.#wanted = true;
+    } catch (e) {
+      this.#stats.errors++;
+      this.#onError(e, { what: "tick" });
+    }
+  }
+
   #stale(now: number): boolean {
     return now - this.#nextWakeAskedAt >= this.#pollMs;
   }
@@ -227,6 +253,9 @@ export class WorkerLoop {
    */
   async #idle(fixedMs?: number): Promise<void> {
     let ms = fixedMs ?? this.#pollMs;
+    if (this.#tickMs > 0) {
+      ms = Math.min(ms, Math.max(0, this.#tickedAt + this.#tickMs - performance.now()));
+    }
     const free = this.#running.size < this.#concurrency;
     if (fixedMs === undefined && free && !this.#once) {
       try {

@@ -19,6 +19,7 @@ import {
 } from "../../supabase/functions/_shared/quickjs/mod.ts";
 import { createScratchDb, readMigrations } from "../../supabase/functions/_shared/quickjs/dev.ts";
 import { WorkerLoop, type WorkerOptions } from "../../scripts/lib/worker_loop.ts";
+import { serve } from "../support/engine_scenarios.ts";
 
 const { test } = testGroup("cli_worker");
 const SUBPROCESS = "runs the worker as a subprocess, which cannot open the tests' in-memory PGlite";
@@ -166,6 +167,39 @@ test("a run whose durable sleep is due is woken at its wake time, not at the nex
     assert.ok(elapsed < 10_000, `woke after ${elapsed} ms`);
   } finally {
     await worker.stop();
+  }
+});
+
+test("the worker's own tick fails an asynchronous call whose service stopped heartbeating, with no pg_cron", async (db) => {
+  await retireOtherRuns(db);
+  const service = serve(() => Response.json({ accepted: true }, { status: 202 }));
+  const name = `hb_${Date.now().toString(36)}_${++counter}`;
+  await db.query(
+    `insert into quickjs.services (name, url, completion, heartbeat_timeout_ms)
+     values ($1, $2, 'async', 1000)`,
+    [name, service.url],
+  );
+  const task = await publish(
+    db,
+    `export default async function () {
+      try {
+        return await tools.${name}.work();
+      } catch (e) {
+        return e.code;
+      }
+    }`,
+  );
+  // the poll is far away: only the tick can fail the call and wake the run
+  const { worker, results } = newWorker(db, { pollMs: 120_000, tickMs: 200 });
+  await worker.start();
+  try {
+    const { id } = await db.store.enqueueRun({ task });
+    const run = await waitFor("the run completes", completed(db, id), 15_000);
+    assert.equal(run.result, "HEARTBEAT_TIMEOUT");
+    assert.deepEqual(results.map((r) => r.status), ["suspended", "completed"]);
+  } finally {
+    await worker.stop();
+    await service.close();
   }
 });
 
