@@ -157,6 +157,8 @@ export class Store {
     leaseSeconds: number;
     runId?: string;
     now?: Date;
+    /** Requeue expired leases first (default true); false for a caller that sweeps itself. */
+    sweep?: boolean;
   }): Promise<ClaimedRun[]> {
     const rows = await this.#call("claim_runs", {
       p_worker: claim.worker,
@@ -164,6 +166,7 @@ export class Store {
       p_lease_seconds: claim.leaseSeconds,
       p_run_id: claim.runId ?? null,
       p_now: claim.now,
+      p_sweep: claim.sweep,
     });
     return rows.map(({ run, snapshot }) => ({
       ...withOrderedInput(run),
