@@ -5,8 +5,6 @@
  * (store.nextWakeAt), and at least every `pollMs`, the fallback when notifications are lost.
  * The next wake time is asked of the database at most once per `pollMs` and whenever the
  * one known has passed; in between, the wake times of this worker's own suspensions keep it.
- * Expired leases (a vanished worker's runs) are requeued by the first claim and then by one
- * claim a second at most, not by each (SWEEP_MS).
  * stop() stops claiming, makes running invocations hand their runs over at their next idle
  * point, and resolves when they have.
  */
@@ -27,13 +25,6 @@ export const RUNS_CHANNEL = "quickjs_runs";
 const RETRY_DUE_MS = 250;
 /** Timers fire a little early or late; aim just past a wake time so the run is due. */
 const WAKE_SLACK_MS = 5;
-/**
- * How often a claim also requeues expired leases (claim_runs' p_sweep), at most: a busy
- * worker claims hundreds of times a second, and one sweep a second finds the runs of a
- * vanished worker as soon. An idle worker's claims (every pollMs) sweep each time when
- * pollMs is shorter.
- */
-const SWEEP_MS = 1000;
 
 export interface WorkerOptions {
   /** Invocations running at once (default 4). */
@@ -82,8 +73,6 @@ export class WorkerLoop {
   /** The earliest wake time known (ms), undefined when unknown; and when it was asked for. */
   #nextWake: number | null | undefined;
   #nextWakeAskedAt = -Infinity;
-  /** When a claim last requeued expired leases (engine clock, ms). */
-  #sweptAt = -Infinity;
   #loop: Promise<WorkerStats> | undefined;
   readonly #stats: WorkerStats = {
     invocations: 0,
@@ -169,17 +158,13 @@ export class WorkerLoop {
           this.#wanted = false;
           let claimed: ClaimedRun[];
           const claimedAt = performance.now();
-          const now = this.#engine.clock.now();
-          const sweep = now.getTime() - this.#sweptAt >= Math.min(SWEEP_MS, this.#pollMs);
           try {
             claimed = await this.#store.claimRuns({
               worker: this.#engine.workerId,
               limit: free,
               leaseSeconds: this.#engine.leaseSeconds,
-              now,
-              sweep,
+              now: this.#engine.clock.now(),
             });
-            if (sweep) this.#sweptAt = now.getTime();
           } catch (e) {
             this.#stats.errors++;
             this.#onError(e, { what: "claim" });

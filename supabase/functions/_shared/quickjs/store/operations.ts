@@ -144,7 +144,6 @@ export const OPERATIONS = {
       p_lease_seconds: d("int"),
       p_run_id: d("uuid"),
       p_now: d("timestamptz"),
-      p_sweep: d("boolean"),
     },
     returns: returnsRows<{ run: ClaimJson; snapshot: Uint8Array | null }>({
       run: "jsonb",

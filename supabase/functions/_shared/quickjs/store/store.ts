@@ -157,8 +157,6 @@ export class Store {
     leaseSeconds: number;
     runId?: string;
     now?: Date;
-    /** Requeue expired leases first (default true); false for a caller that sweeps itself. */
-    sweep?: boolean;
   }): Promise<ClaimedRun[]> {
     const rows = await this.#call("claim_runs", {
       p_worker: claim.worker,
@@ -166,7 +164,6 @@ export class Store {
       p_lease_seconds: claim.leaseSeconds,
       p_run_id: claim.runId ?? null,
       p_now: claim.now,
-      p_sweep: claim.sweep,
     });
     return rows.map(({ run, snapshot }) => ({
       ...withOrderedInput(run),
