@@ -36,14 +36,18 @@
  */
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
+// the modules themselves, not mod.ts: it carries the supabase-js driver, which the worker
+// never uses (tests/deploy/graph_test.ts)
+import {
+  Engine,
+  type InvocationResult,
+} from "../supabase/functions/_shared/quickjs/engine/run_loop.ts";
 import {
   completionBaseUrlFromEnv,
   type CustomTool,
-  Engine,
-  httpOptionsFromEnv,
-  type InvocationResult,
   ToolRegistry,
-} from "../supabase/functions/_shared/quickjs/mod.ts";
+} from "../supabase/functions/_shared/quickjs/engine/tools.ts";
+import { httpOptionsFromEnv } from "../supabase/functions/_shared/quickjs/engine/http_tool.ts";
 import { defaultDb, openStore } from "./lib/open_store.ts";
 import { WorkerLoop } from "./lib/worker_loop.ts";
 import { millis } from "./lib/format.ts";

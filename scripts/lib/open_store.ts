@@ -3,15 +3,19 @@
  * memory) or `--db pglite:<dir>` (a data directory), defaulting to DATABASE_URL or
  * SUPABASE_DB_URL and then to an in-memory PGlite. Applies the migrations. `poolMax`: the
  * connections a server's pool may open (default: the driver's 4).
+ *
+ * It imports the modules it needs, not mod.ts and dev.ts, and PGlite only when asked for:
+ * supabase-js, PGlite and the sync build were 8 MB of the worker's RSS, never used
+ * (tests/deploy/graph_test.ts).
  */
 import postgres from "postgres";
-import { postgresDriver, Store } from "../../supabase/functions/_shared/quickjs/mod.ts";
+import { Store } from "../../supabase/functions/_shared/quickjs/store/store.ts";
+import { postgresDriver } from "../../supabase/functions/_shared/quickjs/store/postgres.ts";
 import {
   migrate,
-  pgliteDriver,
   pgliteExecutor,
   postgresExecutor,
-} from "../../supabase/functions/_shared/quickjs/dev.ts";
+} from "../../supabase/functions/_shared/quickjs/dev/migrate.ts";
 
 export function defaultDb(): string {
   return Deno.env.get("DATABASE_URL") ?? Deno.env.get("SUPABASE_DB_URL") ?? "pglite";
@@ -24,6 +28,7 @@ export async function openStore(
   const apply = options.migrate ?? true;
   if (db === "pglite" || db.startsWith("pglite:")) {
     const dataDir = db.startsWith("pglite:") ? db.slice("pglite:".length) : undefined;
+    const { pgliteDriver } = await import("../../supabase/functions/_shared/quickjs/dev/pglite.ts");
     const driver = await pgliteDriver(dataDir ? { dataDir } : {});
     if (apply) {
       await migrate(pgliteExecutor(driver.db));

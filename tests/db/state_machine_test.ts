@@ -730,3 +730,27 @@ test("check constraints refuse a suspended run with no way to wake and a running
   );
   assert.equal((await runRow(db, run.id)).status, "running");
 });
+
+test("claim_runs reads the due runs from runs_claim_order, not the whole queue", async (db) => {
+  const task = await newTask(db.store, "claim_order");
+  // db.query is one connection: the statements share the transaction, rolled back after
+  await db.query("begin");
+  try {
+    await db.query(
+      `select count(quickjs.enqueue_run(p_task => $1, p_announce => false))
+       from generate_series(1, 2000)`,
+      [task],
+    );
+    await db.query("analyze quickjs.runs");
+    const [claimed] = await db.query<{ n: number }>(
+      "select count(*)::int as n from quickjs.claim_runs('claim-order-test', 4)",
+    );
+    assert.equal(claimed!.n, 4);
+    const [scans] = await db.query<{ n: number }>(
+      "select pg_stat_get_xact_numscans('quickjs.runs_claim_order'::regclass)::int as n",
+    );
+    assert.ok(scans!.n > 0, "the pick scanned runs_claim_order");
+  } finally {
+    await db.query("rollback");
+  }
+});

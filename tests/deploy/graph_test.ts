@@ -17,7 +17,11 @@ const DEV = [
 interface GraphModule {
   specifier: string;
   size?: number;
-  dependencies?: { code?: { specifier?: string }; type?: { specifier?: string } }[];
+  dependencies?: {
+    code?: { specifier?: string };
+    type?: { specifier?: string };
+    isDynamic?: boolean;
+  }[];
 }
 
 function deployedGraph(): Promise<GraphModule[]> {
@@ -64,4 +68,28 @@ Deno.test("the dev entry's graph has the sync build (the check above can fail)",
   const modules = await graphOf(new URL("supabase/functions/_shared/quickjs/dev.ts", ROOT));
   const npm = modules.flatMap((m) => (m.dependencies ?? []).map((d) => d.code?.specifier));
   assert.ok(npm.some((s) => s?.startsWith("npm:@jitl/quickjs-wasmfile-release-sync")));
+});
+
+/** What `entry` loads when it starts: its static imports, followed, without type-only ones. */
+async function loadedAtStart(entry: URL): Promise<Set<string>> {
+  const modules = new Map((await graphOf(entry)).map((m) => [m.specifier, m]));
+  const seen = new Set<string>();
+  const walk = (specifier: string) => {
+    if (seen.has(specifier)) return;
+    seen.add(specifier);
+    for (const d of modules.get(specifier)?.dependencies ?? []) {
+      if (d.code?.specifier && !d.isDynamic) walk(d.code.specifier);
+    }
+  };
+  walk(entry.href);
+  return seen;
+}
+
+Deno.test("the worker starts without supabase-js, PGlite or the sync build (8 MB of RSS it never uses)", async () => {
+  const loaded = [...await loadedAtStart(new URL("scripts/worker.ts", ROOT))];
+  assert.ok(loaded.some((s) => s.endsWith("/engine/run_loop.ts")), "the graph was read");
+  assert.ok(loaded.some((s) => s.startsWith("npm:postgres")), "postgres.js is there");
+  for (const s of loaded) {
+    assert.ok(!/supabase-js|pglite|wasmfile-release-sync/i.test(s), `loaded at start: ${s}`);
+  }
 });

@@ -12,19 +12,24 @@
  * applies as to any failure), and a new thread takes its place. The other threads' runs
  * never notice.
  */
+// the modules themselves, not mod.ts (whose supabase-js the worker never uses)
+import type {
+  Engine,
+  InvocationResult,
+  InvocationSignals,
+  RunExecutor,
+} from "../../../supabase/functions/_shared/quickjs/engine/run_loop.ts";
 import {
   type ClaimedRun,
-  type Engine,
-  getBuild,
-  type InvocationResult,
-  type InvocationSignals,
-  type RunError,
-  type RunExecutor,
-  shareBootImage,
-  type SharedBootImage,
   type SqlDriver,
   StoreError,
-} from "../../../supabase/functions/_shared/quickjs/mod.ts";
+} from "../../../supabase/functions/_shared/quickjs/store/store.ts";
+import type { RunError } from "../../../supabase/functions/_shared/quickjs/sandbox/errors.ts";
+import {
+  shareBootImage,
+  type SharedBootImage,
+} from "../../../supabase/functions/_shared/quickjs/sandbox/boot_image.ts";
+import { getBuild } from "../../../supabase/functions/_shared/quickjs/sandbox/wasm.ts";
 import { type FromThread, type ThreadConfig, type ToThread, wireError } from "./protocol.ts";
 
 export interface ThreadPoolOptions {
