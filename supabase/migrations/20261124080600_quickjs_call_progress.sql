@@ -149,6 +149,39 @@ end $$;
 comment on function quickjs.lock_completable_call is
   'Locks the asynchronous call a completion token belongs to (CALL_NOT_FOUND, COMPLETION_REFUSED).';
 
+-- complete_call as before, its token checked by the one function heartbeats use too
+create or replace function quickjs.complete_call(
+  p_run_id uuid, p_seq int, p_completion_token text, p_ok boolean, p_result jsonb default null,
+  p_error jsonb default null, p_now timestamptz default now())
+returns jsonb language plpgsql as $$
+declare
+  c quickjs.calls := quickjs.lock_completable_call(p_run_id, p_seq, p_completion_token);
+  v_error jsonb;
+begin
+  -- a completion delivered twice (the service retried its POST) changes nothing
+  if c.completed_at is not null then
+    return quickjs.call_json(c) || jsonb_build_object('alreadyCompleted', true);
+  end if;
+  if not p_ok and p_error ? '$sealed' then
+    v_error := p_error; -- sealed by the engine (journal_seal.ts), in the shape below
+  elsif not p_ok then
+    v_error := jsonb_build_object('name', 'ServiceError',
+      'code', coalesce(p_error ->> 'code', 'SERVICE_ERROR'),
+      'message', coalesce(p_error ->> 'message', format('%s failed', c.service)))
+      || case when p_error ? 'data' then jsonb_build_object('data', p_error -> 'data') else '{}' end;
+  end if;
+  update quickjs.calls set
+    status = case when p_ok then 'succeeded' else 'failed' end::quickjs.call_status,
+    result = case when p_ok then coalesce(p_result, 'null') end,
+    error = v_error, completed_at = p_now
+  where run_id = c.run_id and seq = c.seq returning * into c;
+  -- the run waits suspended on it: continue it now (a running one sees the settled call
+  -- when it suspends, and continues at once)
+  perform quickjs.wake_run(r.id, p_now) from quickjs.runs r
+  where r.id = c.run_id and r.status = 'suspended' and c.seq = any (quickjs.parked_calls(r));
+  return quickjs.call_json(c) || jsonb_build_object('alreadyCompleted', false);
+end $$;
+
 create function quickjs.heartbeat_call(
   p_run_id uuid, p_seq int, p_completion_token text, p_details jsonb default null,
   p_now timestamptz default now())
