@@ -1,0 +1,20 @@
+const rss = () => { const s = Deno.readTextFileSync("/proc/self/status"); return Number(s.match(/VmRSS:\s+(\d+)/)![1]) / 1024; };
+const log = (what: string) => console.log(what.padEnd(40), rss().toFixed(1), "MB");
+log("start");
+const { getBootImage, resolveLimits, TaskVm } = await import("../supabase/functions/_shared/quickjs/mod.ts");
+const { getBuild } = await import("../supabase/functions/_shared/quickjs/sandbox/wasm.ts");
+log("imports (mod.ts)");
+await getBuild();
+log("wasm compiled");
+await getBootImage();
+log("boot image");
+(globalThis as any).gc?.(); await new Promise(r=>setTimeout(r,100)); (globalThis as any).gc?.(); log("after gc");
+const limits = resolveLimits({});
+async function one() { const vm = await TaskVm.create({ limits }); vm.start({ code: "export default async () => 1;" }, null, { runId: "r", task: "t", attempt: 1, invocation: 1 } as never); vm.dispose(); }
+await one(); log("one VM");
+for (let i = 0; i < 200; i++) await one(); log("200 VMs one after another");
+const vms = await Promise.all(Array.from({ length: 16 }, () => TaskVm.create({ limits })));
+for (const vm of vms) vm.start({ code: "export default async () => 1;" }, null, { runId: "r", task: "t", attempt: 1, invocation: 1 } as never);
+log("16 VMs at once");
+for (const vm of vms) vm.dispose();
+log("16 disposed");
