@@ -52,7 +52,8 @@ alter table quickjs.calls
   add column heartbeat_details jsonb,
   add column heartbeat_deadline_at timestamptz;
 comment on column quickjs.calls.heartbeat_timeout_ms is
-  'An asynchronous call: its service''s heartbeat_timeout_ms when the service acknowledged it.';
+  'An asynchronous call: its service''s heartbeat_timeout_ms when it was last sent (what the '
+  'service was told, and what its heartbeats are held to).';
 comment on column quickjs.calls.heartbeat_at is 'An asynchronous call: its last heartbeat.';
 comment on column quickjs.calls.heartbeat_details is
   'An asynchronous call: the progress its last heartbeat reported (sent again with a re-sent call).';
@@ -69,7 +70,8 @@ create or replace function quickjs.call_json(c quickjs.calls) returns jsonb lang
     'mode', c.mode, 'status', c.status, 'error', c.error, 'attempts', c.attempts,
     'idempotencyKey', c.idempotency_key, 'wakeAt', c.wake_at, 'childRunId', c.child_run_id,
     'createdAt', c.created_at, 'startedAt', c.started_at, 'completedAt', c.completed_at,
-    'deadlineAt', c.deadline_at, 'heartbeatAt', c.heartbeat_at,
+    'deadlineAt', c.deadline_at, 'heartbeatTimeoutMs', c.heartbeat_timeout_ms,
+    'heartbeatAt', c.heartbeat_at,
     'heartbeatDetails', c.heartbeat_details, 'heartbeatDeadlineAt', c.heartbeat_deadline_at,
     'attemptErrors', case when jsonb_array_length(c.attempt_errors) > 0 then c.attempt_errors end,
     -- sent, waiting for its completion: a restored VM must not send it again
@@ -80,8 +82,9 @@ create or replace function quickjs.call_json(c quickjs.calls) returns jsonb lang
          then jsonb_build_object('resultText', c.result_text) else '{}' end
 $$;
 
--- a re-send (issue_completion) clears the heartbeat deadline with the rest: the new send's
--- acknowledgement sets it again
+-- a send (or a re-send) fixes the call's heartbeat timeout from its service, which the engine
+-- tells the service (call_json heartbeatTimeoutMs), and clears the heartbeat deadline with the
+-- rest: the send's acknowledgement sets it again
 create or replace function quickjs.issue_completion(
   p_run_id uuid, p_token bigint, p_seq int, p_sha256 text, p_now timestamptz default now())
 returns jsonb language plpgsql as $$
@@ -90,7 +93,9 @@ declare
   c quickjs.calls;
 begin
   update quickjs.calls set completion_sha256 = p_sha256, completion_sent_at = null,
-    deadline_at = null, heartbeat_deadline_at = null, started_at = coalesce(started_at, p_now)
+    deadline_at = null, heartbeat_deadline_at = null, started_at = coalesce(started_at, p_now),
+    heartbeat_timeout_ms = (select s.heartbeat_timeout_ms from quickjs.services s
+                            where s.name = quickjs.calls.service)
   where run_id = r.id and seq = p_seq and completed_at is null
   returning * into c;
   if not found then
@@ -99,8 +104,8 @@ begin
   return quickjs.call_json(c);
 end $$;
 
--- the acknowledgement starts the heartbeat clock, from the service's setting at that moment
--- (or from a heartbeat that raced the acknowledgement, whichever is later)
+-- the acknowledgement starts the heartbeat clock (or a heartbeat that raced it, whichever
+-- came later)
 create or replace function quickjs.completion_sent(
   p_run_id uuid, p_token bigint, p_seq int, p_deadline_at timestamptz,
   p_now timestamptz default now())
@@ -108,15 +113,10 @@ returns jsonb language plpgsql as $$
 declare
   r quickjs.runs := quickjs.lock_leased_run(p_run_id, p_token);
   c quickjs.calls;
-  v_timeout_ms bigint;
 begin
-  select s.heartbeat_timeout_ms into v_timeout_ms
-  from quickjs.calls c1 join quickjs.services s on s.name = c1.service
-  where c1.run_id = r.id and c1.seq = p_seq;
   update quickjs.calls set completion_sent_at = p_now, deadline_at = p_deadline_at,
-    heartbeat_timeout_ms = v_timeout_ms,
     heartbeat_deadline_at = greatest(p_now, heartbeat_at)
-      + make_interval(secs => v_timeout_ms / 1000.0)
+      + make_interval(secs => heartbeat_timeout_ms / 1000.0)
   where run_id = r.id and seq = p_seq and completed_at is null
   returning * into c;
   if not found then
@@ -240,14 +240,6 @@ end $$;
 comment on function quickjs.expire_completions is
   'Fails the asynchronous calls past their deadline (CALL_TIMEOUT) or past their next heartbeat '
   '(HEARTBEAT_TIMEOUT), and wakes their runs (tick).';
-
-create or replace function quickjs.get_service(p_name text) returns jsonb language sql stable as $$
-  select quickjs.strip_top_nulls(jsonb_build_object('name', name, 'url', url,
-    'headers', headers, 'timeoutMs', timeout_ms, 'retry', retry,
-    'completion', completion, 'completionTimeoutMs', completion_timeout_ms,
-    'heartbeatTimeoutMs', heartbeat_timeout_ms))
-  from quickjs.services where name = p_name
-$$;
 
 -- as 5 of 5 does for the functions before it: service_role may call them, PUBLIC may not
 revoke execute on function quickjs.lock_completable_call from public;

@@ -137,7 +137,7 @@ export const heartbeatCall: Handler = async ({ deps, request, caller, params }) 
     runId: id,
     seq,
     token: body.token,
-    ...(body.details !== undefined ? { details: body.details } : {}),
+    details: body.details,
   }, deps.engine.clock.now());
   const { status, deadlineAt, heartbeatAt, heartbeatDeadlineAt } = beat;
   return Response.json({

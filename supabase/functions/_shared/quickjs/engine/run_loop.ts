@@ -873,7 +873,7 @@ class Invocation {
    */
   async #handOver(
     seq: number,
-    completion: { timeoutMs: number; heartbeatTimeoutMs?: number },
+    completion: { timeoutMs: number },
     plan: { invoke: (context: ToolCallContext) => Promise<Json | undefined> },
     context: ToolCallContext,
   ): Promise<Known | "awaiting"> {
@@ -895,9 +895,8 @@ class Invocation {
         ...(url ? { url } : {}),
         deadlineAt: deadline.toISOString(),
         ...(heartbeatUrl ? { heartbeatUrl } : {}),
-        ...(completion.heartbeatTimeoutMs
-          ? { heartbeatTimeoutMs: completion.heartbeatTimeoutMs }
-          : {}),
+        // the service's setting, fixed on the call by issue_completion (SQL holds it to it)
+        ...(issued.heartbeatTimeoutMs ? { heartbeatTimeoutMs: issued.heartbeatTimeoutMs } : {}),
         // sent again (a crash, a cut-off): the service may continue from its last progress
         ...(issued.heartbeatAt
           ? {

@@ -77,7 +77,7 @@ export type ToolPlan =
      * An asynchronous service: `invoke` only hands the call over (`timeoutMs` bounds that);
      * the outcome comes through quickjs.complete_call within `timeoutMs` of completion.
      */
-    completion?: { timeoutMs: number; heartbeatTimeoutMs?: number };
+    completion?: { timeoutMs: number };
     /** Journaled once, with its outcome, after it ran (CustomTool.journalAfter). */
     journalAfter?: boolean;
     invoke: (context: ToolCallContext) => Promise<Json | undefined>;
@@ -223,14 +223,7 @@ export class ToolRegistry {
       kind: "invoke",
       timeoutMs: service.timeoutMs,
       ...(service.completion === "async"
-        ? {
-          completion: {
-            timeoutMs: service.completionTimeoutMs,
-            ...(service.heartbeatTimeoutMs
-              ? { heartbeatTimeoutMs: service.heartbeatTimeoutMs }
-              : {}),
-          },
-        }
+        ? { completion: { timeoutMs: service.completionTimeoutMs } }
         : {}),
       invoke: (context) => callService(service, method, args, context, this.options.serviceFetch),
       ...(retry && retry.attempts > 1 ? { retry } : {}),
@@ -297,7 +290,6 @@ interface ServiceInfo {
   timeoutMs: number;
   completion?: "inline" | "async";
   completionTimeoutMs: number;
-  heartbeatTimeoutMs?: number;
   retry?: Record<string, Json>;
 }
 

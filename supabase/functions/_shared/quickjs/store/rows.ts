@@ -107,6 +107,8 @@ export interface CallRecord {
   childRunId?: string;
   /** An asynchronous call: when it fails CALL_TIMEOUT without a completion. */
   deadlineAt?: string;
+  /** An asynchronous call: the longest it may go without a heartbeat (absent: no limit). */
+  heartbeatTimeoutMs?: number;
   /** An asynchronous call: its service's last heartbeat, and the progress it reported. */
   heartbeatAt?: string;
   heartbeatDetails?: Json;
@@ -246,8 +248,6 @@ export interface ServiceRow {
   /** async: the reply only acknowledges; quickjs.complete_call settles the call later. */
   completion: "inline" | "async";
   completionTimeoutMs: number;
-  /** async: the longest a call may go without a heartbeat; absent: no heartbeats needed. */
-  heartbeatTimeoutMs?: number;
   /** Retry policy of its calls (engine/retry.ts); absent: one attempt. */
   retry?: Record<string, Json>;
 }
